@@ -1,0 +1,1000 @@
+"""The re-encryption engine every revision calls, for both directions.
+
+One table at a time:
+
+1. Rows are streamed in primary-key order with keyset paging (``WHERE id > :last ORDER BY id
+   LIMIT :n``), a batch at a time, so memory does not grow with the table.
+2. Every value is classified before anything is written: NULL, plaintext (no ``vault:`` prefix),
+   source-scheme ciphertext (decrypts with the source key and context), already in the target
+   scheme (the source key fails and a trial decrypt with the target key and context succeeds),
+   or unreadable. Already-migrated values are skipped and counted, so a re-run is always safe;
+   an unreadable value is an error for its row and is never passed through or re-encrypted.
+3. Decrypted values are checked (UTF-8, HMAC companion) and re-encrypted in one ``batch_input``
+   request per batch, with the target key's version pinned for the whole run.
+4. The batch is written with a compare-and-swap: a row is only updated where its ciphertexts and
+   companions are still the ones read. Rows that changed in between are re-read and handled
+   again; a row still changing after a few rounds is reported.
+5. The write commits together with a durable checkpoint (``context_encryption_checkpoint``), so a
+   crash loses at most the batches in flight and a re-run resumes after the last committed one.
+   The checkpoint is removed in the revision's own transaction, together with Alembic's stamp.
+
+Several batches are in flight at once (``-x workers``), each worker with its own database
+connection and Vault client, so Vault latency overlaps database work. Nothing here logs a value:
+rows are named by primary key only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import enum
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+from app_models.errors import (
+    ConfigurationError,
+    ContextEncryptionError,
+    MigrationAborted,
+    PreflightError,
+    RowError,
+)
+from app_models.settings import Settings
+from app_models.tables import context_string
+from app_models.transit import (
+    AUTH_FAILED,
+    MAX_STRING_BYTES,
+    MISSING_CONTEXT,
+    DecryptRequest,
+    EncryptRequest,
+    TransitClient,
+    hmac_matches,
+)
+
+log = logging.getLogger("context_encryption")
+
+CAS_ROUNDS: Final = 3
+VAULT_PREFIX: Final = "vault:"
+
+checkpoint_metadata = sa.MetaData()
+checkpoint_table = sa.Table(
+    "context_encryption_checkpoint",
+    checkpoint_metadata,
+    sa.Column("revision", sa.Text, primary_key=True),
+    sa.Column("direction", sa.Text, primary_key=True),
+    sa.Column("table_name", sa.Text, nullable=False),
+    sa.Column("batch_seq", sa.BigInteger, nullable=False),
+    sa.Column("last_pk", sa.Text, nullable=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+
+class Direction(enum.Enum):
+    UPGRADE = "upgrade"
+    DOWNGRADE = "downgrade"
+
+    @property
+    def opposite(self) -> Direction:
+        return Direction.DOWNGRADE if self is Direction.UPGRADE else Direction.UPGRADE
+
+
+class Outcome(enum.Enum):
+    """What happened to one value."""
+
+    MIGRATED = "migrated"
+    ALREADY = "already_migrated"
+    NULL = "null"
+    PLAINTEXT_ENCRYPTED = "plaintext_encrypted"
+    PLAINTEXT_SKIPPED = "plaintext_skipped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """An encrypted column of a revision's frozen snapshot, with its optional HMAC companion."""
+
+    name: str
+    hmac: str | None = None
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """What a revision migrates: its frozen ``sa.table`` snapshot and the encrypted columns."""
+
+    table: sa.TableClause
+    columns: tuple[ColumnSpec, ...]
+    pk: str = "id"
+
+    @property
+    def name(self) -> str:
+        return str(self.table.name)
+
+    def __post_init__(self) -> None:
+        names = {c.name for c in self.table.columns}
+        missing = [self.pk] if self.pk not in names else []
+        for col in self.columns:
+            missing += [n for n in (col.name, col.hmac) if n is not None and n not in names]
+        if missing:
+            raise ValueError(f"snapshot of {self.table.name} lacks column(s) {missing}")
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """One side of the migration: a Transit key, with or without the per-column context."""
+
+    key: str
+    contextual: bool
+
+    def context(self, table: str, column: str) -> str | None:
+        return context_string(table, column) if self.contextual else None
+
+    def describe(self) -> str:
+        return f"key {self.key!r} " + (
+            "with context <table>.<column>" if self.contextual else "without context"
+        )
+
+
+def schemes(settings: Settings, direction: Direction) -> tuple[Scheme, Scheme]:
+    """(source, target) for a direction."""
+    old = Scheme(settings.old_key, contextual=False)
+    new = Scheme(settings.new_key, contextual=True)
+    return (old, new) if direction is Direction.UPGRADE else (new, old)
+
+
+@dataclass
+class ColumnCounts:
+    migrated: int = 0
+    already_migrated: int = 0
+    null: int = 0
+    plaintext_encrypted: int = 0
+    plaintext_skipped: int = 0
+    failed: int = 0
+
+    def add(self, outcome: Outcome, n: int = 1) -> None:
+        name = outcome.value
+        setattr(self, name, getattr(self, name) + n)
+
+    def merge(self, other: ColumnCounts) -> None:
+        for o in Outcome:
+            self.add(o, getattr(other, o.value))
+
+    def as_dict(self) -> dict[str, int]:
+        return {o.value: getattr(self, o.value) for o in Outcome}
+
+
+@dataclass
+class TableSummary:
+    """Counts of one table's run. Contains primary keys and counts only, never values."""
+
+    table: str
+    revision: str
+    direction: str
+    dry_run: bool
+    target_key_version: int = 0
+    rows_scanned: int = 0
+    rows_written: int = 0
+    rows_failed: int = 0
+    changed_concurrently: int = 0
+    deleted_concurrently: int = 0
+    batches: int = 0
+    vault_requests: int = 0
+    seconds: float = 0.0
+    resumed_after: str | None = None
+    columns: dict[str, ColumnCounts] = field(default_factory=dict)
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    def merge_batch(self, b: BatchResult) -> None:
+        self.rows_scanned += b.rows_scanned
+        self.rows_written += b.rows_written
+        self.rows_failed += len({e.pk for e in b.errors})
+        self.changed_concurrently += b.changed_concurrently
+        self.deleted_concurrently += b.deleted_concurrently
+        self.batches += 1
+        for name, counts in b.columns.items():
+            self.columns.setdefault(name, ColumnCounts()).merge(counts)
+        for e in b.errors:
+            if len(self.failures) < 10_000:
+                self.failures.append({"column": e.column, "id": str(e.pk), "reason": e.reason})
+
+    def total(self, outcome: Outcome) -> int:
+        return sum(getattr(c, outcome.value) for c in self.columns.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "revision": self.revision,
+            "direction": self.direction,
+            "dry_run": self.dry_run,
+            "target_key_version": self.target_key_version,
+            "rows_scanned": self.rows_scanned,
+            "rows_written": self.rows_written,
+            "rows_failed": self.rows_failed,
+            "changed_concurrently": self.changed_concurrently,
+            "deleted_concurrently": self.deleted_concurrently,
+            "batches": self.batches,
+            "vault_requests": self.vault_requests,
+            "seconds": round(self.seconds, 3),
+            "resumed_after": self.resumed_after,
+            "columns": {k: v.as_dict() for k, v in self.columns.items()},
+            "failures": self.failures,
+        }
+
+    def log_line(self) -> str:
+        verb = "would migrate" if self.dry_run else "migrated"
+        return (
+            f"{self.table} ({self.direction}{', dry run' if self.dry_run else ''}): "
+            f"{self.rows_scanned} rows scanned, {verb} {self.total(Outcome.MIGRATED)} values, "
+            f"{self.total(Outcome.ALREADY)} already migrated, {self.total(Outcome.NULL)} NULL, "
+            f"{self.total(Outcome.PLAINTEXT_ENCRYPTED)} plaintext encrypted, "
+            f"{self.total(Outcome.PLAINTEXT_SKIPPED)} plaintext skipped, "
+            f"{self.total(Outcome.FAILED)} failed ({self.rows_failed} rows), "
+            f"{self.changed_concurrently} rows changed concurrently, "
+            f"{self.vault_requests} Vault requests, {self.seconds:.1f}s"
+        )
+
+
+@dataclass
+class BatchResult:
+    seq: int
+    first_pk: Any
+    last_pk: Any
+    rows_scanned: int = 0
+    rows_written: int = 0
+    changed_concurrently: int = 0
+    deleted_concurrently: int = 0
+    columns: dict[str, ColumnCounts] = field(default_factory=dict)
+    errors: list[RowError] = field(default_factory=list)
+
+
+@dataclass
+class _Row:
+    pk: Any
+    values: dict[str, str | None]  # encrypted columns and companions, as read
+    new: dict[str, str] = field(default_factory=dict)  # column -> new ciphertext
+    errors: list[RowError] = field(default_factory=list)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+
+TransitFactory = Callable[[], TransitClient]
+
+
+@dataclass
+class RunContext:
+    """What a revision's run needs besides the table: settings, Vault clients, a sink."""
+
+    settings: Settings
+    transit_factory: TransitFactory
+    on_summary: Callable[[TableSummary], None] = lambda _s: None
+    progress_interval: float = 5.0
+
+
+# --------------------------------------------------------------------------------------------
+# classification and re-encryption of one batch (no database access)
+# --------------------------------------------------------------------------------------------
+
+
+def _explain(source_error: str, source: Scheme, target: Scheme) -> str:
+    """A reason naming keys and what to do, from Vault's error text (which holds no values)."""
+    if MISSING_CONTEXT in source_error:
+        return (
+            f"cannot be decrypted with {source.describe()}: Vault says \"missing 'context' for "
+            'key derivation" — the data may already be context-based, or the key names are '
+            "swapped (check VAULT_OLD_KEY / VAULT_NEW_KEY)"
+        )
+    if AUTH_FAILED in source_error:
+        return (
+            f"cannot be decrypted with {source.describe()} nor with {target.describe()} "
+            "(cipher: message authentication failed): another key, another context, or a "
+            "damaged value"
+        )
+    return f"unreadable ciphertext: Vault says {source_error!r} for {source.describe()}"
+
+
+def process_rows(
+    rows: Sequence[_Row],
+    spec: TableSpec,
+    *,
+    source: Scheme,
+    target: Scheme,
+    target_version: int,
+    settings: Settings,
+    transit: TransitClient,
+) -> None:
+    """Classify, decrypt, check and re-encrypt every value of ``rows`` in place."""
+    table = spec.name
+    secret = settings.hmac_secret.get() if settings.hmac_secret is not None else None
+
+    def fail(row: _Row, col: str, reason: str) -> None:
+        row.outcomes[col] = Outcome.FAILED
+        row.errors.append(RowError(table, col, row.pk, reason))
+
+    # 1. classify; collect ciphertexts to decrypt with the source scheme
+    to_decrypt: list[tuple[_Row, ColumnSpec]] = []
+    to_encrypt: list[tuple[_Row, ColumnSpec, bytes, Outcome]] = []
+    for row in rows:
+        for col in spec.columns:
+            value = row.values[col.name]
+            if value is None:
+                row.outcomes[col.name] = Outcome.NULL
+            elif not value.startswith(VAULT_PREFIX):
+                if settings.plaintext == "skip":
+                    row.outcomes[col.name] = Outcome.PLAINTEXT_SKIPPED
+                elif settings.plaintext == "encrypt":
+                    to_encrypt.append(
+                        (row, col, value.encode("utf-8"), Outcome.PLAINTEXT_ENCRYPTED)
+                    )
+                else:
+                    fail(
+                        row,
+                        col.name,
+                        "holds plaintext (no 'vault:' prefix); if the column really holds "
+                        "unencrypted data use -x plaintext=encrypt, or -x plaintext=skip to "
+                        "leave it",
+                    )
+            elif len(value) > MAX_STRING_BYTES:
+                fail(row, col.name, "ciphertext is longer than Vault's 1 MiB string limit")
+            else:
+                to_decrypt.append((row, col))
+
+    # 2. decrypt with the source scheme; failures get a trial decrypt with the target scheme
+    decrypted: list[tuple[_Row, ColumnSpec, str]] = []
+    if to_decrypt:
+        results = transit.decrypt_batch(
+            source.key,
+            [
+                DecryptRequest(r.values[c.name] or "", source.context(table, c.name))
+                for r, c in to_decrypt
+            ],
+        )
+        retry: list[tuple[_Row, ColumnSpec, str]] = []
+        for (row, col), res in zip(to_decrypt, results, strict=True):
+            if res.error is None and res.value is not None:
+                decrypted.append((row, col, res.value))
+            else:
+                retry.append((row, col, res.error or "no plaintext in Vault's answer"))
+        if retry:
+            trial = transit.decrypt_batch(
+                target.key,
+                [
+                    DecryptRequest(r.values[c.name] or "", target.context(table, c.name))
+                    for r, c, _ in retry
+                ],
+            )
+            for (row, col, src_err), res in zip(retry, trial, strict=True):
+                if res.error is None:
+                    row.outcomes[col.name] = Outcome.ALREADY
+                else:
+                    fail(row, col.name, _explain(src_err, source, target))
+
+    # 3. check plaintexts: valid base64 from Vault, UTF-8 text, HMAC companion
+    for row, col, b64 in decrypted:
+        try:
+            raw = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            fail(row, col.name, "Vault returned a plaintext that is not base64")
+            continue
+        to_encrypt.append((row, col, raw, Outcome.MIGRATED))
+
+    checked: list[tuple[_Row, ColumnSpec, bytes, Outcome]] = []
+    for row, col, raw, outcome in to_encrypt:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            fail(row, col.name, "decrypted bytes are not valid UTF-8 text")
+            continue
+        if col.hmac is not None:
+            companion = row.values[col.hmac]
+            if companion is not None:
+                if secret is None:
+                    fail(row, col.name, "has an HMAC companion but no ENCRYPTION_HMAC_SECRET")
+                    continue
+                if not hmac_matches(secret, raw, companion):
+                    fail(row, col.name, f"HMAC verification failed (companion {col.hmac})")
+                    continue
+        if (len(raw) + 2) // 3 * 4 > MAX_STRING_BYTES:
+            fail(row, col.name, "value is larger than Vault's 1 MiB string limit once encoded")
+            continue
+        checked.append((row, col, raw, outcome))
+
+    # 4. re-encrypt with the target scheme, version pinned
+    if checked:
+        results = transit.encrypt_batch(
+            target.key,
+            [
+                EncryptRequest(base64.b64encode(raw).decode("ascii"), target.context(table, c.name))
+                for _r, c, raw, _o in checked
+            ],
+            key_version=target_version,
+        )
+        for (row, col, _raw, outcome), res in zip(checked, results, strict=True):
+            if res.error is None and res.value and res.value.startswith(VAULT_PREFIX):
+                row.new[col.name] = res.value
+                row.outcomes[col.name] = outcome
+            else:
+                fail(row, col.name, f"Vault could not encrypt it: {res.error!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# database access
+# --------------------------------------------------------------------------------------------
+
+
+class _Db:
+    """Statements of one table, built once per run from the revision's frozen snapshot."""
+
+    def __init__(self, spec: TableSpec, dialect: str) -> None:
+        self.spec = spec
+        t = spec.table
+        self.pk = t.c[spec.pk]
+        self.read_cols = [c for col in spec.columns for c in (col.name, col.hmac) if c]
+        self.select_cols = [self.pk, *(t.c[c] for c in self.read_cols)]
+        self.dialect = dialect
+        self.postgres = dialect == "postgresql"
+        if self.postgres:
+            self.write_stmt = self._pg_write()
+        else:
+            self.write_stmt = self._generic_write()
+
+    def select_after(self, last_pk: Any, limit: int) -> sa.Select[Any]:
+        stmt = sa.select(*self.select_cols).order_by(self.pk).limit(limit)
+        if last_pk is not None:
+            stmt = stmt.where(self.pk > last_pk)
+        return stmt
+
+    def select_pks(self, pks: Sequence[Any]) -> sa.Select[Any]:
+        return sa.select(*self.select_cols).where(self.pk.in_(pks)).order_by(self.pk)
+
+    def _pg_write(self) -> sa.Update:
+        """One set-based compare-and-swap UPDATE per batch, via ``unnest`` of arrays."""
+        t = self.spec.table
+        pk_type = self.pk.type
+        args: list[Any] = [sa.bindparam("ids", type_=pg.ARRAY(pk_type))]
+        cols: list[Any] = [sa.column("id", pk_type)]
+        for c in self.read_cols:
+            args.append(sa.bindparam(f"o_{c}", type_=pg.ARRAY(sa.Text)))
+            cols.append(sa.column(f"o_{c}", sa.Text))
+        for col in self.spec.columns:
+            args.append(sa.bindparam(f"n_{col.name}", type_=pg.ARRAY(sa.Text)))
+            cols.append(sa.column(f"n_{col.name}", sa.Text))
+        v = sa.func.unnest(*args).table_valued(*cols).render_derived(name="v")
+        where = [self.pk == v.c.id]
+        where += [t.c[c].is_not_distinct_from(v.c[f"o_{c}"]) for c in self.read_cols]
+        return (
+            sa.update(t)
+            .values({col.name: v.c[f"n_{col.name}"] for col in self.spec.columns})
+            .where(*where)
+            .returning(self.pk)
+        )
+
+    def _generic_write(self) -> sa.Update:
+        t = self.spec.table
+        where = [self.pk == sa.bindparam("b_id")]
+        where += [t.c[c].is_not_distinct_from(sa.bindparam(f"o_{c}")) for c in self.read_cols]
+        return (
+            sa.update(t)
+            .values({col.name: sa.bindparam(f"n_{col.name}") for col in self.spec.columns})
+            .where(*where)
+        )
+
+    def write(self, conn: sa.Connection, rows: Sequence[_Row]) -> set[Any]:
+        """Compare-and-swap ``rows``; returns the primary keys actually updated."""
+        if not rows:
+            return set()
+        if self.postgres:
+            params: dict[str, list[Any]] = {"ids": [r.pk for r in rows]}
+            for c in self.read_cols:
+                params[f"o_{c}"] = [r.values[c] for r in rows]
+            for col in self.spec.columns:
+                params[f"n_{col.name}"] = [r.new.get(col.name, r.values[col.name]) for r in rows]
+            return {pk for (pk,) in conn.execute(self.write_stmt, params)}
+        done: set[Any] = set()
+        for r in rows:
+            p: dict[str, Any] = {"b_id": r.pk}
+            p.update({f"o_{c}": r.values[c] for c in self.read_cols})
+            p.update(
+                {f"n_{c.name}": r.new.get(c.name, r.values[c.name]) for c in self.spec.columns}
+            )
+            if conn.execute(self.write_stmt, p).rowcount == 1:
+                done.add(r.pk)
+        return done
+
+    def set_timeouts(self, conn: sa.Connection, settings: Settings) -> None:
+        if self.postgres:
+            conn.execute(
+                sa.select(
+                    sa.func.set_config("lock_timeout", f"{settings.lock_timeout_ms}ms", True),
+                    sa.func.set_config(
+                        "statement_timeout", f"{settings.statement_timeout_ms}ms", True
+                    ),
+                )
+            )
+
+    def to_rows(self, result: Sequence[sa.Row[Any]]) -> list[_Row]:
+        out = []
+        for r in result:
+            out.append(_Row(pk=r[0], values=dict(zip(self.read_cols, r[1:], strict=True))))
+        return out
+
+
+def pk_to_text(pk: Any) -> str:
+    return str(pk)
+
+
+def pk_from_text(text: str, pk_column: sa.ColumnElement[Any]) -> Any:
+    if isinstance(pk_column.type, sa.Uuid):
+        return uuid.UUID(text)
+    if isinstance(pk_column.type, sa.Integer):
+        return int(text)
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def ensure_checkpoint_table(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        checkpoint_table.create(conn, checkfirst=True)
+
+
+def read_checkpoint(conn: sa.Connection, revision: str, direction: Direction) -> str | None:
+    if not sa.inspect(conn).has_table(checkpoint_table.name):
+        return None
+    row = conn.execute(
+        sa.select(checkpoint_table.c.last_pk).where(
+            checkpoint_table.c.revision == revision,
+            checkpoint_table.c.direction == direction.value,
+        )
+    ).first()
+    return None if row is None else row[0]
+
+
+def clear_checkpoints(conn: sa.Connection, revision: str) -> None:
+    """Forget every checkpoint of ``revision`` (both directions), on the caller's transaction."""
+    if sa.inspect(conn).has_table(checkpoint_table.name):
+        conn.execute(sa.delete(checkpoint_table).where(checkpoint_table.c.revision == revision))
+
+
+class _Checkpointer:
+    """Tracks which batches committed and advances the durable checkpoint contiguously.
+
+    Batches finish out of order when several workers run. The checkpoint only ever names the
+    end of a prefix of batches that are all committed (a batch's own advance is written in the
+    batch's transaction), so a resumed run never skips an uncommitted batch.
+    """
+
+    def __init__(self, revision: str, direction: Direction, table: str) -> None:
+        self.revision = revision
+        self.direction = direction
+        self.table = table
+        self._lock = threading.Lock()
+        self._done: set[int] = set()
+        self._contiguous = -1  # highest seq s such that 0..s are all committed
+        self._last_pk: dict[int, str] = {}
+
+    def start(self, conn: sa.Connection, resumed_after: str | None) -> None:
+        c = checkpoint_table.c
+        conn.execute(
+            sa.delete(checkpoint_table).where(
+                c.revision == self.revision, c.direction == self.direction.opposite.value
+            )
+        )
+        if resumed_after is None:
+            conn.execute(
+                sa.delete(checkpoint_table).where(
+                    c.revision == self.revision, c.direction == self.direction.value
+                )
+            )
+            conn.execute(
+                sa.insert(checkpoint_table).values(
+                    revision=self.revision,
+                    direction=self.direction.value,
+                    table_name=self.table,
+                    batch_seq=-1,
+                    last_pk=None,
+                    updated_at=sa.func.now(),
+                )
+            )
+        else:
+            conn.execute(
+                sa.update(checkpoint_table)
+                .where(c.revision == self.revision, c.direction == self.direction.value)
+                .values(batch_seq=-1, updated_at=sa.func.now())
+            )
+
+    def register(self, seq: int, last_pk: Any) -> None:
+        with self._lock:
+            self._last_pk[seq] = pk_to_text(last_pk)
+
+    def advance_in(self, conn: sa.Connection, seq: int) -> None:
+        """Write, in the batch's own transaction, the furthest prefix this batch completes."""
+        with self._lock:
+            end = self._contiguous
+            while end + 1 == seq or (end + 1) in self._done:
+                end += 1
+            if end <= self._contiguous:
+                return
+            last_pk = self._last_pk[end]
+        c = checkpoint_table.c
+        conn.execute(
+            sa.update(checkpoint_table)
+            .where(
+                c.revision == self.revision,
+                c.direction == self.direction.value,
+                c.batch_seq < end,
+            )
+            .values(batch_seq=end, last_pk=last_pk, updated_at=sa.func.now())
+        )
+
+    def committed(self, seq: int) -> None:
+        with self._lock:
+            self._done.add(seq)
+            while (self._contiguous + 1) in self._done:
+                self._contiguous += 1
+                self._done.discard(self._contiguous)
+                self._last_pk.pop(self._contiguous - 1, None)
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------------
+
+
+class _Workers:
+    """Per-thread database connection and Vault client, closed together at the end."""
+
+    def __init__(self, engine: sa.Engine, factory: TransitFactory) -> None:
+        self._engine = engine
+        self._factory = factory
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._opened: list[tuple[sa.Connection, TransitClient]] = []
+
+    def get(self) -> tuple[sa.Connection, TransitClient]:
+        pair = getattr(self._local, "pair", None)
+        if pair is None:
+            pair = (self._engine.connect(), self._factory())
+            self._local.pair = pair
+            with self._lock:
+                self._opened.append(pair)
+        return pair
+
+    def vault_requests(self) -> int:
+        with self._lock:
+            return sum(t.requests for _c, t in self._opened)
+
+    def close(self) -> None:
+        with self._lock:
+            for conn, transit in self._opened:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                with contextlib.suppress(Exception):
+                    transit.close()
+            self._opened.clear()
+
+
+def migrate_table(
+    bind: sa.Connection,
+    spec: TableSpec,
+    revision: str,
+    direction: Direction,
+    run: RunContext,
+) -> TableSummary:
+    """Migrate one table in ``direction``; returns its summary.
+
+    ``bind`` is the revision's own connection (Alembic's). Batches are written on separate
+    connections, each batch in its own transaction; the checkpoint is cleared on ``bind``, so it
+    disappears in the same transaction as Alembic's version stamp.
+    """
+    settings = run.settings
+    summary = TableSummary(spec.name, revision, direction.value, settings.dry_run)
+    if not settings.table_selected(spec.name):
+        if not settings.dry_run:
+            raise ConfigurationError(
+                f"revision {revision} migrates table {spec.name}, which -x tables= does not "
+                "list; a live run never stamps a revision whose table it did not migrate"
+            )
+        log.info("%s: not in -x tables, skipped by the dry run", spec.name)
+        return summary
+    if any(c.hmac for c in spec.columns) and settings.hmac_secret is None:
+        raise PreflightError(
+            f"table {spec.name} has HMAC companions but ENCRYPTION_HMAC_SECRET is not set "
+            "(environment variable, or -x hmac-secret=...)"
+        )
+    _TableRun(
+        bind.engine, spec, revision=revision, direction=direction, run=run, summary=summary
+    ).execute()
+    log.info("%s", summary.log_line())
+    run.on_summary(summary)
+    if summary.rows_failed and settings.on_error == "abort":
+        raise _aborted(summary)
+    if not settings.dry_run:
+        clear_checkpoints(bind, revision)
+    return summary
+
+
+def _aborted(summary: TableSummary) -> MigrationAborted:
+    shown = summary.failures[:20]
+    lines = "\n".join(f"  {summary.table}.{f['column']} id={f['id']}: {f['reason']}" for f in shown)
+    more = len(summary.failures) - len(shown)
+    hmac_failures = sum("HMAC verification failed" in f["reason"] for f in summary.failures)
+    hint = ""
+    if hmac_failures and hmac_failures * 2 >= max(len(summary.failures), 1):
+        hint = (
+            "\nMost failures are HMAC mismatches: ENCRYPTION_HMAC_SECRET (or -x hmac-secret) is "
+            "most likely not the secret the application used."
+        )
+    return MigrationAborted(
+        f"{summary.table}: {summary.rows_failed} row(s) cannot be migrated; revision "
+        f"{summary.revision} was not stamped (on-error=abort). Committed batches stay and a "
+        f"re-run resumes from the checkpoint.\n{lines}"
+        + (f"\n  ... and {more} more" if more > 0 else "")
+        + hint
+        + "\nFix the rows, or re-run with -x on-error=skip to migrate the rest and list these "
+        "in the report (-x report=PATH)."
+    )
+
+
+def pin_target_version(transit: TransitClient, target: Scheme, direction: Direction) -> int:
+    """Read the target key once; its latest version is used for every encryption of the run."""
+    info = transit.read_key(target.key)
+    if info is None:
+        if direction is Direction.DOWNGRADE:
+            raise PreflightError(
+                f"the old key {target.key!r} does not exist in Vault: a rollback needs it. "
+                "Restore it from its backup (vault write transit/restore/<name> backup=...) "
+                "before downgrading"
+            )
+        raise PreflightError(
+            f"the new key {target.key!r} does not exist; create it with: vault write -f "
+            f"transit/keys/{target.key} derived=true convergent_encryption=true"
+        )
+    if target.contextual and not (info.derived and info.convergent):
+        raise PreflightError(
+            f"the new key {target.key!r} must be created with derived=true and "
+            "convergent_encryption=true (it is not); create a new key with: vault write -f "
+            "transit/keys/<name> derived=true convergent_encryption=true"
+        )
+    if not target.contextual and info.derived:
+        raise PreflightError(
+            f"the old key {target.key!r} is derived: it is not a no-context key. The data may "
+            "already use context-based encryption; check VAULT_OLD_KEY"
+        )
+    if info.latest_version < 1:
+        raise PreflightError(f"key {target.key!r} reports no version")
+    return info.latest_version
+
+
+def _db_reason(exc: sa.exc.OperationalError) -> str:
+    orig = exc.orig
+    name = type(orig).__name__ if orig is not None else "OperationalError"
+    if name == "LockNotAvailable":
+        return "lock timeout: another transaction holds the rows; see -x lock-timeout"
+    if name == "QueryCanceled":
+        return "statement timeout; see -x statement-timeout"
+    return name
+
+
+class _TableRun:
+    """One table's run: reader on the calling thread, batches on a pool of workers."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        spec: TableSpec,
+        *,
+        revision: str,
+        direction: Direction,
+        run: RunContext,
+        summary: TableSummary,
+    ) -> None:
+        self.engine = engine
+        self.spec = spec
+        self.revision = revision
+        self.direction = direction
+        self.settings = run.settings
+        self.run = run
+        self.summary = summary
+        self.source, self.target = schemes(run.settings, direction)
+        self.db = _Db(spec, engine.dialect.name)
+        self.workers = _Workers(engine, run.transit_factory)
+        self.checkpointer = _Checkpointer(revision, direction, spec.name)
+        self.stop = threading.Event()
+        self.abort = run.settings.on_error == "abort"
+        self.target_version = 0
+        # SQLite (the embedded demo) has one writer at a time.
+        self.n_workers = 1 if engine.dialect.name == "sqlite" else run.settings.workers
+
+    def execute(self) -> None:
+        started = time.monotonic()
+        try:
+            self.target_version = pin_target_version(
+                self.workers.get()[1], self.target, self.direction
+            )
+            self.summary.target_key_version = self.target_version
+            last_pk = self._resume_point()
+            self._run_batches(last_pk)
+            self.summary.vault_requests = self.workers.vault_requests()
+        finally:
+            self.workers.close()
+            self.summary.seconds = time.monotonic() - started
+
+    def _resume_point(self) -> Any:
+        resumed_after: str | None
+        if self.settings.dry_run:
+            with self.engine.connect() as conn:
+                resumed_after = read_checkpoint(conn, self.revision, self.direction)
+        else:
+            ensure_checkpoint_table(self.engine)
+            with self.engine.begin() as conn:
+                resumed_after = read_checkpoint(conn, self.revision, self.direction)
+                self.checkpointer.start(conn, resumed_after)
+        self.summary.resumed_after = resumed_after
+        if resumed_after is None:
+            return None
+        log.info(
+            "%s: resuming %s after id=%s (last committed checkpoint)",
+            self.spec.name,
+            self.direction.value,
+            resumed_after,
+        )
+        return pk_from_text(resumed_after, self.db.pk)
+
+    def _read_batches(self, last_pk: Any) -> Generator[list[_Row], None, None]:
+        """Keyset paging on one connection, each page in its own short transaction."""
+        with self.engine.connect() as conn:
+            while True:
+                with conn.begin():
+                    self.db.set_timeouts(conn, self.settings)
+                    result = conn.execute(
+                        self.db.select_after(last_pk, self.settings.batch_size)
+                    ).all()
+                if not result:
+                    return
+                rows = self.db.to_rows(result)
+                last_pk = rows[-1].pk
+                yield rows
+
+    def _run_batches(self, last_pk: Any) -> None:
+        progress = _Progress(self.spec.name, self.run.progress_interval)
+        in_flight: set[Future[BatchResult]] = set()
+        error: BaseException | None = None
+
+        def collect(done: set[Future[BatchResult]]) -> None:
+            nonlocal error
+            for fut in done:
+                exc = fut.exception()
+                if exc is not None:
+                    error = error or exc
+                    self.stop.set()
+                    continue
+                b = fut.result()
+                self.summary.merge_batch(b)
+                progress.update(self.summary.rows_scanned)
+                if b.errors and self.abort:
+                    self.stop.set()
+
+        reader = self._read_batches(last_pk)
+        with ThreadPoolExecutor(self.n_workers, thread_name_prefix="reencrypt") as pool:
+            try:
+                with contextlib.closing(reader):
+                    for seq, rows in enumerate(reader):
+                        if self.stop.is_set():
+                            break
+                        self.checkpointer.register(seq, rows[-1].pk)
+                        in_flight.add(pool.submit(self._process_batch, seq, rows))
+                        if len(in_flight) > self.n_workers:
+                            done, pending = wait(in_flight, return_when=FIRST_COMPLETED)
+                            in_flight = set(pending)
+                            collect(set(done))
+            except BaseException:
+                self.stop.set()
+                raise
+            finally:
+                if in_flight:
+                    done, _ = wait(in_flight)
+                    collect(set(done))
+        if error is None:
+            return
+        if isinstance(error, ContextEncryptionError):
+            raise error
+        if isinstance(error, sa.exc.OperationalError):
+            raise ContextEncryptionError(
+                f"{self.spec.name}: the database stopped a batch ({_db_reason(error)}); "
+                "committed batches stay and a re-run resumes from the checkpoint"
+            ) from error
+        raise error
+
+    def _count(self, result: BatchResult, rows: Sequence[_Row], sign: int = 1) -> None:
+        """Count outcomes: every outcome of a clean row, only the failures of a failed row."""
+        for r in rows:
+            for col, outcome in r.outcomes.items():
+                if not r.errors or outcome is Outcome.FAILED:
+                    result.columns.setdefault(col, ColumnCounts()).add(outcome, sign)
+
+    def _process_batch(self, seq: int, rows: list[_Row]) -> BatchResult:
+        conn, transit = self.workers.get()
+        db, spec = self.db, self.spec
+        result = BatchResult(seq, rows[0].pk, rows[-1].pk, rows_scanned=len(rows))
+        pending = rows
+        for round_no in range(CAS_ROUNDS + 1):
+            process_rows(
+                pending,
+                spec,
+                source=self.source,
+                target=self.target,
+                target_version=self.target_version,
+                settings=self.settings,
+                transit=transit,
+            )
+            final = round_no == CAS_ROUNDS
+            errors = [e for r in pending for e in r.errors]
+            result.errors.extend(errors)
+            self._count(result, pending)
+            if self.settings.dry_run or (self.abort and (errors or self.stop.is_set())):
+                return result
+            writes = [r for r in pending if not r.errors and r.new]
+            with conn.begin():
+                db.set_timeouts(conn, self.settings)
+                written = db.write(conn, writes)
+                lost = [r for r in writes if r.pk not in written]
+                if not lost or final:
+                    self.checkpointer.advance_in(conn, seq)
+            if not lost or final:
+                self.checkpointer.committed(seq)
+            result.rows_written += len(written)
+            if not lost:
+                return result
+            # Rows that changed between our read and our write: nothing of ours was written to
+            # them. Take back their counts, then re-read and handle them again.
+            self._count(result, lost, -1)
+            if final:
+                result.errors.extend(
+                    RowError(
+                        spec.name,
+                        "*",
+                        r.pk,
+                        f"kept changing during {CAS_ROUNDS} rounds; re-run to migrate it",
+                    )
+                    for r in lost
+                )
+                return result
+            result.changed_concurrently += len(lost)
+            with conn.begin():
+                db.set_timeouts(conn, self.settings)
+                fresh = db.to_rows(conn.execute(db.select_pks([r.pk for r in lost])).all())
+            result.deleted_concurrently += len(lost) - len(fresh)
+            pending = fresh
+            if not pending:
+                with conn.begin():
+                    self.checkpointer.advance_in(conn, seq)
+                self.checkpointer.committed(seq)
+                return result
+        return result
+
+
+class _Progress:
+    """Periodic progress lines (a terminal progress bar is layered on by the reporting code)."""
+
+    def __init__(self, table: str, interval: float) -> None:
+        self.table = table
+        self.interval = interval
+        self.started = time.monotonic()
+        self.last = self.started
+
+    def update(self, rows: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            rate = rows / max(now - self.started, 1e-9)
+            log.info("%s: %d rows processed (%.0f rows/s)", self.table, rows, rate)

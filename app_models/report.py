@@ -1,0 +1,61 @@
+"""The run report: per-table summaries, written as JSON with ``-x report=PATH``.
+
+Holds counts, key names and versions, settings without secrets, primary keys of failed rows and
+timings. Never a value, a plaintext, a token, an HMAC secret or a database password.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from app_models.reencrypt import TableSummary
+from app_models.settings import Settings
+
+log = logging.getLogger("context_encryption")
+
+
+@dataclass
+class RunReport:
+    settings: Settings
+    started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    tables: list[TableSummary] = field(default_factory=list)
+    outcome: str = "running"
+    error: str | None = None
+
+    def add(self, summary: TableSummary) -> None:
+        self.tables.append(summary)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tool": "context-encryption-migrations",
+            "started_at": self.started_at.isoformat(),
+            "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+            "outcome": self.outcome,
+            "error": self.error,
+            "dry_run": self.settings.dry_run,
+            "keys": {"old": self.settings.old_key, "new": self.settings.new_key},
+            "settings": self.settings.public_dict(),
+            "tables": [t.as_dict() for t in self.tables],
+        }
+
+    def write(self, path: str) -> None:
+        """Write atomically (temporary file, then rename), so a report is never half written."""
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".json", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(self.as_dict(), fh, indent=2, sort_keys=False)
+                fh.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        log.info("report written to %s", path)

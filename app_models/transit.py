@@ -1,0 +1,332 @@
+"""Vault Transit, typed: the only module of the tool that imports hvac.
+
+Batch decrypt and batch encrypt always use ``batch_input`` (one request per batch, never one
+per value). A batch that partly fails makes Vault answer 400 (or 500) with the per-item results
+in the body and no ``errors`` key; hvac raises ``InvalidRequest`` for it, and this module turns
+it back into per-item results, so a failed item is that row's error, not the batch's.
+
+Transport errors, 429, 500, 502, 503 and 504 are retried with exponential backoff and jitter by
+urllib3's ``Retry`` mounted on the session hvac uses. Encrypt and decrypt are idempotent, so a
+retried POST is safe. A decrypt *answer* such as ``cipher: message authentication failed`` is a
+data fault and is never retried.
+
+Nothing here logs or returns a plaintext, a token or a secret in an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import hvac
+import hvac.exceptions
+import requests
+import requests.adapters
+import urllib3.util.retry
+
+from app_models.errors import PreflightError, VaultRequestError, VaultUnavailableError
+from app_models.settings import Settings
+
+#: Vault's default listener limits (``max_json_array_element_count``,
+#: ``max_json_string_value_length``, ``max_request_size``).
+MAX_BATCH_ITEMS: Final = 10_000
+MAX_STRING_BYTES: Final = 1_048_576
+MAX_REQUEST_BYTES: Final = 16 * 1_048_576  # half of Vault's 32 MiB, room for JSON overhead
+
+AUTH_FAILED: Final = "message authentication failed"
+MISSING_CONTEXT: Final = "missing 'context' for key derivation"
+NO_PREFIX: Final = "invalid ciphertext: no prefix"
+PERMISSION_DENIED: Final = "permission denied"
+
+RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What the tool needs to know about a Transit key (never key material)."""
+
+    name: str
+    type: str
+    derived: bool
+    convergent: bool
+    latest_version: int
+    min_decryption_version: int
+    min_encryption_version: int
+    supports_encryption: bool
+    supports_decryption: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """One item of a batch: ``value`` (ciphertext, or base64 plaintext) or ``error``."""
+
+    value: str | None
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class DecryptRequest:
+    ciphertext: str
+    context: str | None  # the context string, e.g. "users.email"; None: no context
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptRequest:
+    plaintext_b64: str
+    context: str | None
+
+
+def hmac_hex(secret: str, plaintext: bytes) -> str:
+    """The HMAC companion of DESIGN.md: lowercase hex HMAC-SHA256 keyed by the secret's UTF-8."""
+    return hmac.new(secret.encode("utf-8"), plaintext, hashlib.sha256).hexdigest()
+
+
+def hmac_matches(secret: str, plaintext: bytes, companion: str) -> bool:
+    return hmac.compare_digest(hmac_hex(secret, plaintext), companion.strip().lower())
+
+
+_B64_CACHE: dict[str, str] = {}
+
+
+def b64_context(context: str) -> str:
+    """Base64 of the context's UTF-8 bytes (cached: a run uses a handful of contexts)."""
+    cached = _B64_CACHE.get(context)
+    if cached is None:
+        cached = base64.b64encode(context.encode("utf-8")).decode("ascii")
+        _B64_CACHE[context] = cached
+    return cached
+
+
+def build_retry(total: int = 8, backoff_factor: float = 0.25, backoff_max: float = 20.0) -> Any:
+    """urllib3 Retry: transport errors and 429/5xx, exponential backoff with jitter."""
+    return urllib3.util.retry.Retry(
+        total=total,
+        connect=total,
+        read=total,
+        status=total,
+        other=2,
+        allowed_methods=None,  # POST encrypt/decrypt is idempotent
+        status_forcelist=RETRY_STATUSES,
+        backoff_factor=backoff_factor,
+        backoff_max=backoff_max,
+        backoff_jitter=backoff_factor,
+        raise_on_status=False,  # hand the last answer to hvac, which raises its own error
+        respect_retry_after_header=True,
+    )
+
+
+def _chunks(items: Sequence[Any], sizes: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """Split ``items`` into index ranges under Vault's item-count and request-size limits."""
+    start = 0
+    acc = 0
+    for i, size in enumerate(sizes):
+        if i > start and (i - start >= MAX_BATCH_ITEMS or acc + size > MAX_REQUEST_BYTES):
+            yield start, i
+            start, acc = i, 0
+        acc += size + 64
+    if start < len(items):
+        yield start, len(items)
+
+
+class TransitClient:
+    """Typed Transit operations on one mount. Not shared between threads: make one per worker."""
+
+    def __init__(self, client: Any, mount: str) -> None:
+        self._client = client
+        self.mount = mount
+        self._count_lock = threading.Lock()
+        self.requests = 0
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, retry: Any = None, timeout: float = 60
+    ) -> TransitClient:
+        if not settings.vault_addr:
+            raise PreflightError(
+                "no Vault address: set VAULT_ADDR or pass -x vault-addr=https://vault.example:8200"
+            )
+        if settings.vault_token is None:
+            raise PreflightError("no Vault token: set VAULT_TOKEN or pass -x vault-token=...")
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(
+            max_retries=retry if retry is not None else build_retry(), pool_maxsize=4
+        )
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        client = hvac.Client(
+            url=settings.vault_addr,
+            token=settings.vault_token.get(),
+            namespace=settings.vault_namespace,
+            verify=settings.vault_cacert or True,
+            timeout=timeout,
+            session=session,
+        )
+        return cls(client, settings.transit_mount)
+
+    @property
+    def hvac_client(self) -> Any:
+        return self._client
+
+    def close(self) -> None:
+        session = getattr(self._client.adapter, "session", None)
+        if session is not None:
+            session.close()
+
+    def _count(self) -> None:
+        with self._count_lock:
+            self.requests += 1
+
+    def _call(self, what: str, fn: Any, /, **kw: Any) -> Any:
+        self._count()
+        try:
+            return fn(**kw)
+        except hvac.exceptions.Forbidden:
+            raise VaultRequestError(
+                f"Vault answered 'permission denied' to {what}: the token lacks a capability "
+                "on that path (see README, 'Vault policy')"
+            ) from None
+        except (hvac.exceptions.VaultDown, hvac.exceptions.BadGateway) as exc:
+            raise VaultUnavailableError(
+                f"Vault is unavailable ({type(exc).__name__}) during {what} after retries; "
+                "the run stopped cleanly and resumes from its checkpoint when re-run"
+            ) from None
+        except requests.exceptions.RequestException as exc:
+            raise VaultUnavailableError(
+                f"cannot reach Vault during {what} ({type(exc).__name__}) after retries; "
+                "the run stopped cleanly and resumes from its checkpoint when re-run"
+            ) from None
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def read_key(self, name: str) -> KeyInfo | None:
+        """The key's settings, or None when it does not exist."""
+        try:
+            resp = self._call(
+                f"reading key {name!r}",
+                self._client.secrets.transit.read_key,
+                name=name,
+                mount_point=self.mount,
+            )
+        except hvac.exceptions.InvalidPath:
+            return None
+        except hvac.exceptions.VaultError as exc:
+            raise VaultRequestError(
+                f"reading Transit key {name!r} failed: {_errors(exc)}"
+            ) from None
+        d = resp["data"]
+        return KeyInfo(
+            name=str(d.get("name", name)),
+            type=str(d.get("type", "")),
+            derived=bool(d.get("derived", False)),
+            convergent=bool(d.get("convergent_encryption", False)),
+            latest_version=int(d.get("latest_version", 0)),
+            min_decryption_version=int(d.get("min_decryption_version", 1)),
+            min_encryption_version=int(d.get("min_encryption_version", 0)),
+            supports_encryption=bool(d.get("supports_encryption", False)),
+            supports_decryption=bool(d.get("supports_decryption", False)),
+        )
+
+    def lookup_self(self) -> dict[str, Any]:
+        try:
+            resp = self._call("token lookup", self._client.auth.token.lookup_self)
+        except hvac.exceptions.VaultError as exc:
+            raise VaultRequestError(f"token lookup failed: {_errors(exc)}") from None
+        return dict(resp["data"])
+
+    # -- batch operations ---------------------------------------------------------------------
+
+    def decrypt_batch(self, key: str, items: Sequence[DecryptRequest]) -> list[ItemResult]:
+        """Decrypt every item; results in input order, ``value`` = base64 plaintext."""
+        out: list[ItemResult] = []
+        sizes = [len(it.ciphertext) for it in items]
+        for lo, hi in _chunks(items, sizes):
+            batch = []
+            for it in items[lo:hi]:
+                entry = {"ciphertext": it.ciphertext}
+                if it.context is not None:
+                    entry["context"] = b64_context(it.context)
+                batch.append(entry)
+            results = self._batch(
+                f"decrypt with key {key!r}",
+                self._client.secrets.transit.decrypt_data,
+                name=key,
+                batch_input=batch,
+                mount_point=self.mount,
+            )
+            out.extend(
+                ItemResult(
+                    r.get("plaintext") if not r.get("error") else None, r.get("error") or None
+                )
+                for r in results
+            )
+        return out
+
+    def encrypt_batch(
+        self, key: str, items: Sequence[EncryptRequest], key_version: int | None
+    ) -> list[ItemResult]:
+        """Encrypt every item with ``key`` at ``key_version``; ``value`` = ciphertext."""
+        out: list[ItemResult] = []
+        sizes = [len(it.plaintext_b64) for it in items]
+        for lo, hi in _chunks(items, sizes):
+            batch = []
+            for it in items[lo:hi]:
+                entry: dict[str, Any] = {"plaintext": it.plaintext_b64}
+                if it.context is not None:
+                    entry["context"] = b64_context(it.context)
+                if key_version is not None:
+                    entry["key_version"] = key_version
+                batch.append(entry)
+            results = self._batch(
+                f"encrypt with key {key!r}",
+                self._client.secrets.transit.encrypt_data,
+                name=key,
+                batch_input=batch,
+                mount_point=self.mount,
+            )
+            out.extend(
+                ItemResult(
+                    r.get("ciphertext") if not r.get("error") else None, r.get("error") or None
+                )
+                for r in results
+            )
+        return out
+
+    def _batch(self, what: str, fn: Any, /, **kw: Any) -> list[dict[str, Any]]:
+        expected = len(kw["batch_input"])
+        try:
+            resp = self._call(what, fn, **kw)
+        except (hvac.exceptions.InvalidRequest, hvac.exceptions.InternalServerError) as exc:
+            body = exc.json if isinstance(getattr(exc, "json", None), dict) else None
+            results = (body or {}).get("data", {}) or {}
+            results = results.get("batch_results") if isinstance(results, dict) else None
+            if isinstance(results, list) and len(results) == expected:
+                return [r if isinstance(r, dict) else {"error": "malformed item"} for r in results]
+            raise VaultRequestError(f"Vault refused the batch ({what}): {_errors(exc)}") from None
+        except hvac.exceptions.VaultError as exc:
+            raise VaultRequestError(f"Vault refused the batch ({what}): {_errors(exc)}") from None
+        if isinstance(resp, requests.Response):  # a 2xx other than 200
+            resp = resp.json()
+        results = resp.get("data", {}).get("batch_results")
+        if not isinstance(results, list) or len(results) != expected:
+            raise VaultRequestError(
+                f"Vault answered the batch ({what}) with {len(results or [])} results "
+                f"for {expected} items"
+            )
+        return results
+
+
+def _errors(exc: Exception) -> str:
+    """Vault's error texts of an hvac exception (they never carry plaintext or tokens)."""
+    errs = getattr(exc, "errors", None)
+    if errs:
+        return "; ".join(str(e).replace("1 error occurred:\n\t* ", "").strip() for e in errs)
+    return f"{type(exc).__name__} (HTTP status without error text)"

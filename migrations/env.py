@@ -1,0 +1,111 @@
+"""Alembic environment of the context-encryption data migrations.
+
+Online only: the revisions read and rewrite rows through Vault, which offline ``--sql`` mode
+cannot do. Settings come from the environment and ``-x`` (see :mod:`app_models.settings`) and
+are validated before any work. A caller (tests, the demo) may hand in a connection through
+``config.attributes["connection"]``; otherwise an engine is built from ``DATABASE_URL`` /
+``-x db``. Each revision runs in its own transaction (``transaction_per_migration``); a dry run
+runs them all in one transaction that is rolled back, so nothing is stamped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from logging.config import fileConfig
+
+import sqlalchemy as sa
+from alembic import context
+from alembic.util import CommandError
+
+from app_models.errors import ContextEncryptionError
+from app_models.migration import RUNTIME_KEY
+from app_models.reencrypt import RunContext
+from app_models.report import RunReport
+from app_models.settings import Settings, load_settings
+from app_models.transit import TransitClient
+
+VERSION_TABLE = "alembic_version_encryption"
+
+config = context.config
+
+if config.config_file_name is not None and not config.attributes.get("skip_logging_config"):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+log = logging.getLogger("context_encryption")
+
+
+def run_migrations_offline() -> None:
+    raise CommandError(
+        "offline --sql mode is not supported: these revisions decrypt and re-encrypt rows "
+        "through Vault, which needs a live database. Run without --sql; preview with "
+        "-x dry-run=true instead."
+    )
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings(context.get_x_argument(as_dictionary=True), os.environ)
+    except ContextEncryptionError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _run(connection: sa.Connection, settings: Settings) -> None:
+    if settings.dry_run:
+        # One outer transaction, rolled back at the end: no version stamp, no checkpoint.
+        outer = connection.begin_nested() if connection.in_transaction() else connection.begin()
+        try:
+            context.configure(connection=connection, version_table=VERSION_TABLE)
+            context.run_migrations()
+        finally:
+            outer.rollback()
+        log.info("dry run: nothing was written and no revision was stamped")
+        return
+    context.configure(
+        connection=connection,
+        version_table=VERSION_TABLE,
+        transaction_per_migration=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    settings = _settings()
+    report = RunReport(settings)
+    config.attributes[RUNTIME_KEY] = RunContext(
+        settings=settings,
+        transit_factory=lambda: TransitClient.from_settings(settings),
+        on_summary=report.add,
+    )
+    try:
+        connection = config.attributes.get("connection")
+        if connection is not None:
+            _run(connection, settings)
+        else:
+            if settings.database_url is None:
+                raise CommandError("no database: set DATABASE_URL or pass -x db=postgresql://...")
+            engine = sa.create_engine(
+                settings.database_url, poolclass=sa.pool.NullPool, hide_parameters=True
+            )
+            try:
+                with engine.connect() as conn:
+                    _run(conn, settings)
+            finally:
+                engine.dispose()
+        report.outcome = "dry-run" if settings.dry_run else "completed"
+    except ContextEncryptionError as exc:
+        report.outcome, report.error = "failed", str(exc)
+        raise CommandError(str(exc)) from None
+    except BaseException as exc:
+        report.outcome, report.error = "failed", type(exc).__name__
+        raise
+    finally:
+        if settings.report:
+            report.write(settings.report)
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
