@@ -15,6 +15,8 @@ from app_models.errors import ConfigurationError
 from app_models.reencrypt import Direction, RunContext, TableSpec, TableSummary, migrate_table
 
 RUNTIME_KEY: Final = "context_encryption.runtime"
+#: Optional ``config.attributes`` entry: ``Callable[[Settings], TransitClient]`` (a test seam).
+TRANSIT_FACTORY_KEY: Final = "context_encryption.transit_factory"
 
 
 def current_runtime() -> RunContext:

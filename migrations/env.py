@@ -19,7 +19,7 @@ from alembic import context
 from alembic.util import CommandError
 
 from app_models.errors import ContextEncryptionError
-from app_models.migration import RUNTIME_KEY
+from app_models.migration import RUNTIME_KEY, TRANSIT_FACTORY_KEY
 from app_models.reencrypt import RunContext
 from app_models.report import RunReport
 from app_models.settings import Settings, load_settings
@@ -73,10 +73,10 @@ def _run(connection: sa.Connection, settings: Settings) -> None:
 def run_migrations_online() -> None:
     settings = _settings()
     report = RunReport(settings)
+    # A caller may hand in how Vault clients are made, as it may hand in a connection.
+    make_transit = config.attributes.get(TRANSIT_FACTORY_KEY, TransitClient.from_settings)
     config.attributes[RUNTIME_KEY] = RunContext(
-        settings=settings,
-        transit_factory=lambda: TransitClient.from_settings(settings),
-        on_summary=report.add,
+        settings=settings, transit_factory=lambda: make_transit(settings), on_summary=report.add
     )
     try:
         connection = config.attributes.get("connection")

@@ -1,0 +1,187 @@
+"""Seed the application's tables with old-scheme ciphertext, and check what the migration left.
+
+Talks to Vault through hvac over HTTP, like the application would; no mock anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import hvac.exceptions
+import sqlalchemy as sa
+
+from app_models.tables import ENCRYPTED_COLUMNS, context_string, metadata
+
+Plain = dict[str, str | None]  # encrypted column -> plaintext (None: NULL)
+
+#: Values that exercise the edges: empty string, unicode, quotes, long text.
+SPECIAL_VALUES: tuple[str | None, ...] = (
+    None,
+    "",
+    "Zoë Ærøskøbing — 東京都 🚀 naïve café",
+    'O\'Brien "quoted" \\ back\\slash; DROP TABLE users; --',
+    "x" * 20_000,
+    " leading and trailing spaces ",
+    "line one\nline two\ttabbed",
+)
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def hmac_hex(secret: str, text: str) -> str:
+    return hmac.new(secret.encode(), text.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def sample_rows(table: str, n: int, salt: str = "") -> list[Plain]:
+    """``n`` rows of plaintexts for ``table``: mostly ordinary values, every special value."""
+    rows: list[Plain] = []
+    cols = ENCRYPTED_COLUMNS[table]
+    for i in range(n):
+        row: Plain = {}
+        for j, col in enumerate(cols):
+            k = i + j
+            if k % 5 == 4:
+                row[col.name] = SPECIAL_VALUES[(i // 5 + j) % len(SPECIAL_VALUES)]
+            else:
+                row[col.name] = f"{table}.{col.name} value {i}{salt} ({'é' if i % 3 else 'e'})"
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class Vault:
+    """The test's view of Vault: an hvac client, the mount and the two key names."""
+
+    client: Any
+    mount: str
+    old_key: str
+    new_key: str
+
+    def encrypt(self, key: str, texts: Sequence[str], contexts: Sequence[str | None]) -> list[str]:
+        if not texts:
+            return []
+        batch: list[dict[str, str]] = []
+        for text, ctx in zip(texts, contexts, strict=True):
+            item = {"plaintext": b64(text)}
+            if ctx is not None:
+                item["context"] = b64(ctx)
+            batch.append(item)
+        resp = self.client.secrets.transit.encrypt_data(
+            name=key, batch_input=batch, mount_point=self.mount
+        )
+        return [r["ciphertext"] for r in resp["data"]["batch_results"]]
+
+    def decrypt(
+        self, key: str, ciphertexts: Sequence[str], contexts: Sequence[str | None]
+    ) -> list[str | None]:
+        """Plaintexts, or None for an item Vault could not decrypt."""
+        if not ciphertexts:
+            return []
+        batch: list[dict[str, str]] = []
+        for ct, ctx in zip(ciphertexts, contexts, strict=True):
+            item = {"ciphertext": ct}
+            if ctx is not None:
+                item["context"] = b64(ctx)
+            batch.append(item)
+        try:
+            resp = self.client.secrets.transit.decrypt_data(
+                name=key, batch_input=batch, mount_point=self.mount
+            )
+            results = resp["data"]["batch_results"]
+        except hvac.exceptions.InvalidRequest as exc:
+            results = exc.json["data"]["batch_results"]
+        return [
+            None if r.get("error") else base64.b64decode(r["plaintext"]).decode("utf-8")
+            for r in results
+        ]
+
+
+def seed(
+    engine: sa.Engine, vault: Vault, table: str, rows: Sequence[Plain], hmac_secret: str
+) -> dict[Any, Plain]:
+    """Insert ``rows`` encrypted in the old scheme; returns plaintexts by primary key."""
+    t = metadata.tables[table]
+    cols = ENCRYPTED_COLUMNS[table]
+    values: list[dict[str, Any]] = [{} for _ in rows]
+    for col in cols:
+        idx = [i for i, r in enumerate(rows) if r[col.name] is not None]
+        texts = [rows[i][col.name] or "" for i in idx]
+        cts = vault.encrypt(vault.old_key, texts, [None] * len(texts))
+        for i in range(len(rows)):
+            values[i][col.name] = None
+            if col.has_hmac:
+                values[i][f"{col.name}_hmac"] = None
+        for i, ct in zip(idx, cts, strict=True):
+            values[i][col.name] = ct
+            if col.has_hmac:
+                values[i][f"{col.name}_hmac"] = hmac_hex(hmac_secret, rows[i][col.name] or "")
+    if isinstance(t.c.id.type, sa.Uuid):
+        for v in values:
+            v["id"] = uuid.uuid4()
+    out: dict[Any, Plain] = {}
+    with engine.begin() as conn:
+        for chunk in range(0, len(values), 1000):
+            part = values[chunk : chunk + 1000]
+            ids = conn.execute(sa.insert(t).returning(t.c.id), part).scalars().all()
+            for pk, src in zip(ids, rows[chunk : chunk + 1000], strict=True):
+                out[pk] = dict(src)
+    return out
+
+
+def read_table(engine: sa.Engine, table: str) -> dict[Any, dict[str, Any]]:
+    t = metadata.tables[table]
+    with engine.connect() as conn:
+        return {r.id: dict(r._mapping) for r in conn.execute(sa.select(t).order_by(t.c.id))}
+
+
+def assert_scheme(
+    engine: sa.Engine,
+    vault: Vault,
+    table: str,
+    expected: Mapping[Any, Plain],
+    scheme: str,
+    hmac_secret: str | None = None,
+) -> None:
+    """Every value of ``table`` is in ``scheme`` ("old" or "new") with its original plaintext.
+
+    For the new scheme, every ciphertext also equals a fresh encryption of its plaintext with
+    the same context: the deterministic property the application relies on for lookups.
+    """
+    assert scheme in ("old", "new")
+    stored = read_table(engine, table)
+    assert set(stored) == set(expected), f"{table}: rows differ"
+    for col in ENCRYPTED_COLUMNS[table]:
+        pks = [pk for pk in expected if expected[pk][col.name] is not None]
+        for pk in expected:
+            if expected[pk][col.name] is None:
+                assert stored[pk][col.name] is None, f"{table}.{col.name} id={pk}: NULL changed"
+        cts = [stored[pk][col.name] for pk in pks]
+        assert all(isinstance(c, str) and c.startswith("vault:v") for c in cts)
+        ctx = context_string(table, col.name) if scheme == "new" else None
+        key = vault.new_key if scheme == "new" else vault.old_key
+        plains = vault.decrypt(key, cts, [ctx] * len(cts))
+        for pk, plain in zip(pks, plains, strict=True):
+            assert plain is not None, f"{table}.{col.name} id={pk}: not in the {scheme} scheme"
+            assert plain == expected[pk][col.name], f"{table}.{col.name} id={pk}: plaintext changed"
+        if scheme == "new":
+            fresh = vault.encrypt(
+                key, [expected[pk][col.name] or "" for pk in pks], [ctx] * len(pks)
+            )
+            assert fresh == cts, f"{table}.{col.name}: not deterministic"
+        if col.has_hmac and hmac_secret is not None:
+            for pk in expected:
+                text = expected[pk][col.name]
+                want = None if text is None else hmac_hex(hmac_secret, text)
+                assert stored[pk][f"{col.name}_hmac"] == want, f"{table}.{col.name}_hmac changed"
+
+
+def snapshot(engine: sa.Engine, tables: Iterable[str]) -> dict[str, dict[Any, dict[str, Any]]]:
+    return {t: read_table(engine, t) for t in tables}
