@@ -99,7 +99,9 @@ def start_vaultdev(
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)  # noqa: S603
+    proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+        cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env
+    )
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     buf = b""
