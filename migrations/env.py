@@ -79,9 +79,12 @@ def run_migrations_online() -> None:
         settings=settings, transit_factory=lambda: make_transit(settings), on_summary=report.add
     )
     try:
-        connection = config.attributes.get("connection")
-        if connection is not None:
-            _run(connection, settings)
+        connectable = config.attributes.get("connection")
+        if isinstance(connectable, sa.Engine):  # pytest-alembic hands in an Engine
+            with connectable.connect() as conn:
+                _run(conn, settings)
+        elif connectable is not None:
+            _run(connectable, settings)
         else:
             if settings.database_url is None:
                 raise CommandError("no database: set DATABASE_URL or pass -x db=postgresql://...")

@@ -44,10 +44,16 @@ def alembic_engine(migration: Migration) -> sa.Engine:
     return migration.engine
 
 
-def test_up_down_consistency_restores_the_old_scheme(
+def test_up_down_up_keeps_every_plaintext(
     alembic_runner: Any, migration: Migration, seeded: dict[str, dict[Any, Any]]
 ) -> None:
+    """pytest-alembic's up/down consistency goes up, down to base, then up again."""
     test_up_down_consistency(alembic_runner)
+    for table, expected in seeded.items():
+        assert_scheme(
+            migration.engine, migration.vault, table, expected, "new", migration.hmac_secret
+        )
+    alembic_runner.migrate_down_to("base")
     for table, expected in seeded.items():
         assert_scheme(
             migration.engine, migration.vault, table, expected, "old", migration.hmac_secret
