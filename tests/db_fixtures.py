@@ -91,6 +91,7 @@ def create_database(admin: sa.URL, prefix: str = "cem_test") -> sa.URL:
 
 
 def drop_database(admin: sa.URL, url: sa.URL) -> None:
+    assert url.database is not None
     with psycopg.connect(_libpq(admin), autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(url.database))

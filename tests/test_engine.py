@@ -70,7 +70,8 @@ def run_upgrade(m: Migration, rev: str, factory: Any, **x: object) -> dict[str, 
     cfg = m.config(report=path, **x)
     cfg.attributes[TRANSIT_FACTORY_KEY] = factory
     command.upgrade(cfg, rev)
-    return json.loads(path.read_text())
+    report: dict[str, Any] = json.loads(path.read_text())
+    return report
 
 
 def test_concurrent_update_is_not_overwritten(migration: Migration) -> None:

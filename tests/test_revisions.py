@@ -28,7 +28,7 @@ def assert_all(m: Migration, data: dict[str, dict[Any, Plain]], new_tables: set[
 
 
 def table_report(report: dict[str, Any], table: str) -> dict[str, Any]:
-    matches = [t for t in report["tables"] if t["table"] == table]
+    matches: list[dict[str, Any]] = [t for t in report["tables"] if t["table"] == table]
     assert len(matches) == 1, f"{table} not exactly once in report"
     return matches[0]
 
