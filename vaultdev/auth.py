@@ -79,14 +79,14 @@ class Token:
             "type": "service",
         }
 
-    def auth_block(self, now: float) -> dict[str, Any]:
+    def auth_block(self, lease_duration: int) -> dict[str, Any]:
         return {
             "client_token": self.id,
             "accessor": self.accessor,
             "policies": list(self.policies),
             "token_policies": list(self.policies),
             "metadata": self.meta,
-            "lease_duration": self.remaining_ttl(now),
+            "lease_duration": lease_duration,
             "renewable": self.renewable,
             "entity_id": "",
             "token_type": "service",
@@ -201,7 +201,8 @@ class AuthStore:
             self.tokens[tok_id] = tok
         return tok
 
-    def renew(self, tok: Token, increment: int) -> Token:
+    def renew(self, tok: Token, increment: int) -> int:
+        """Extend ``tok``; return the new lease duration in seconds."""
         if not tok.renewable:
             raise UserError("lease is not renewable")
         now = time.time()
@@ -211,7 +212,7 @@ class AuthStore:
         with self.lock:
             tok.expire_at = new_expire
             tok.last_renewal = now
-        return tok
+        return max(0, round(new_expire - now))
 
     def revoke(self, tok: Token) -> None:
         with self.lock:

@@ -602,15 +602,15 @@ class VaultHandler(BaseHTTPRequestHandler):
             return Result(other.lookup_data(now), mount_type="token")
         if sub == "renew-self" and op == "update":
             increment = parse_duration_seconds("increment", req.body.get("increment"))
-            renewed = state.auth.renew(tok, increment)
-            return Result(None, auth=renewed.auth_block(time.time()), mount_type="token")
+            lease = state.auth.renew(tok, increment)
+            return Result(None, auth=tok.auth_block(lease), mount_type="token")
         if sub == "renew" and op == "update":
             other = state.auth.lookup(f.get_str("token"))
             if other is None:
                 raise UserError("invalid token")
             increment = parse_duration_seconds("increment", req.body.get("increment"))
-            renewed = state.auth.renew(other, increment)
-            return Result(None, auth=renewed.auth_block(time.time()), mount_type="token")
+            lease = state.auth.renew(other, increment)
+            return Result(None, auth=other.auth_block(lease), mount_type="token")
         if sub == "revoke-self" and op == "update":
             state.auth.revoke(tok)
             return NO_CONTENT
@@ -633,7 +633,7 @@ class VaultHandler(BaseHTTPRequestHandler):
                 ),
                 period=parse_duration_seconds("period", req.body.get("period")),
             )
-            return Result(None, auth=new.auth_block(time.time()), mount_type="token")
+            return Result(None, auth=new.auth_block(new.ttl), mount_type="token")
         raise unsupported_path()
 
     # ----- /_vaultdev control ---------------------------------------------------------------
