@@ -59,6 +59,8 @@ _REASONS = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
     412: "Precondition Failed",
     413: "Request Entity Too Large",
     429: "Too Many Requests",
@@ -183,19 +185,56 @@ class VaultHandler(BaseHTTPRequestHandler):
     sys_version = ""
     server: VaultHTTPServer
 
+    hdrs: dict[str, str]
+
     def setup(self) -> None:
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.hdrs = {}
+
+    def handle_one_request(self) -> None:
+        """Parse one request with a lean header parser (the stdlib one goes through ``email``)."""
+        try:
+            line = self.rfile.readline(65537)
+            if not line:
+                self.close_connection = True
+                return
+            if len(line) > 65536:
+                self._send_errors(414, ["request line too long"], close=True)
+                return
+            self.raw_requestline = line
+            self.requestline = line.decode("latin-1").rstrip("\r\n")
+            parts = self.requestline.split()
+            if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+                self.command = ""
+                self._send_errors(400, ["malformed request line"], close=True)
+                return
+            self.command, self.path, self.request_version = parts
+            hdrs: dict[str, str] = {}
+            while True:
+                raw = self.rfile.readline(65537)
+                if raw in (b"\r\n", b"\n", b""):
+                    break
+                if len(hdrs) >= 200 or len(raw) > 65536:
+                    self._send_errors(431, ["request headers too large"], close=True)
+                    return
+                key, _, value = raw.decode("latin-1").partition(":")
+                hdrs[key.strip().lower()] = value.strip()
+            self.hdrs = hdrs
+            conn = hdrs.get("connection", "").lower()
+            if self.request_version == "HTTP/1.0":
+                self.close_connection = conn != "keep-alive"
+            else:
+                self.close_connection = conn == "close"
+            if hdrs.get("expect", "").lower() == "100-continue":
+                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._dispatch()
+        except TimeoutError:
+            self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.state.verbose:
             super().log_message(format, *args)
-
-    # Every method goes through _dispatch; unknown methods get 405.
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    do_POST = do_PUT = do_DELETE = do_LIST = do_PATCH = do_HEAD = do_OPTIONS = do_GET
 
     # ----- I/O ------------------------------------------------------------------------------
 
@@ -221,7 +260,7 @@ class VaultHandler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes | None:
         """The request body, or ``None`` after answering 413."""
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        if self.hdrs.get("transfer-encoding", "").lower() == "chunked":
             chunks: list[bytes] = []
             total = 0
             while True:
@@ -238,7 +277,7 @@ class VaultHandler(BaseHTTPRequestHandler):
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline(65537)
             return b"".join(chunks)
-        length = int(self.headers.get("Content-Length") or 0)
+        length = int(self.hdrs.get("content-length") or 0)
         if length > MAX_REQUEST_SIZE:
             self._send_errors(413, ["http: request body too large"], close=True)
             return None
@@ -318,7 +357,7 @@ class VaultHandler(BaseHTTPRequestHandler):
             raise UserError("cannot write to a path ending in '/'")
         if rel in _UNAUTHENTICATED:
             return self._sys_unauth(rel)
-        token = state.auth.lookup(self.headers.get("X-Vault-Token"))
+        token = state.auth.lookup(self.hdrs.get("x-vault-token"))
         if token is None:
             raise permission_denied_token()
         req = _Request(method, rel, body, op)
@@ -640,7 +679,7 @@ class VaultHandler(BaseHTTPRequestHandler):
 
     def _control(self, sub: str, body_bytes: bytes) -> None:
         state = self.server.state
-        if self.headers.get("X-Vault-Token") != state.root_token:
+        if self.hdrs.get("x-vault-token") != state.root_token:
             self._send_errors(403, ["permission denied"])
             return
         method = self.command

@@ -122,6 +122,16 @@ def _parse_batch(
     return items
 
 
+def _decode_context(value: str, seen: dict[str, bytes]) -> bytes:
+    """Decode a context once per request (batches usually repeat one context)."""
+    if not value:
+        return b""
+    decoded = seen.get(value)
+    if decoded is None:
+        decoded = seen[value] = gobase64.decode(value)
+    return decoded
+
+
 def _b64(value: str) -> bytes:
     """Decode a request field; the Go error text becomes a user error."""
     return gobase64.decode(value)
@@ -485,13 +495,14 @@ class TransitMount:
         user_err = False
         internal_err = False
         context_set = bool(items[0].get("context"))
+        contexts: dict[str, bytes] = {}
         for i, item in enumerate(items):
             ctx_s = item.get("context", "")
             if bool(ctx_s) != context_set:
                 raise UserError("context should be set either in all the request blocks or in none")
             try:
                 pt = _b64(item.get("plaintext", ""))
-                ctx = _b64(ctx_s) if ctx_s else b""
+                ctx = _decode_context(ctx_s, contexts)
                 nonce_s = item.get("nonce", "")
                 nonce = _b64(nonce_s) if nonce_s else b""
             except gobase64.CorruptInputError as exc:
@@ -612,6 +623,7 @@ class TransitMount:
         user_err = False
         internal_err = False
         context_set = bool(items[0].get("context"))
+        contexts: dict[str, bytes] = {}
         for i, item in enumerate(items):
             ctx_s = item.get("context", "")
             if bool(ctx_s) != context_set:
@@ -621,7 +633,7 @@ class TransitMount:
                 errors[i] = "missing ciphertext to decrypt"
                 continue
             try:
-                ctx = _b64(ctx_s) if ctx_s else b""
+                ctx = _decode_context(ctx_s, contexts)
                 nonce_s = item.get("nonce", "")
                 nonce = _b64(nonce_s) if nonce_s else b""
             except gobase64.CorruptInputError as exc:
@@ -704,6 +716,7 @@ class TransitMount:
         errors: list[str | None] = [None] * n
         decoded: list[tuple[bytes, bytes]] = [(b"", b"")] * n
         context_set = bool(items[0].get("context"))
+        contexts: dict[str, bytes] = {}
         for i, item in enumerate(items):
             ctx_s = item.get("context", "")
             if bool(ctx_s) != context_set:
@@ -712,7 +725,7 @@ class TransitMount:
                 errors[i] = "missing ciphertext to decrypt"
                 continue
             try:
-                ctx = _b64(ctx_s) if ctx_s else b""
+                ctx = _decode_context(ctx_s, contexts)
                 nonce_s = item.get("nonce", "")
                 nonce = _b64(nonce_s) if nonce_s else b""
             except gobase64.CorruptInputError as exc:
