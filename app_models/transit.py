@@ -323,6 +323,59 @@ class TransitClient:
             )
         return results
 
+    # -- checks before a run (used by app_models.preflight and app_models.verify) ------------
+
+    def health(self, timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
+        """``GET sys/health`` once, **without** retries: (HTTP status, JSON body or ``{}``).
+
+        Standby nodes answer 200 (``standbyok``); a sealed Vault answers 503, an uninitialised
+        one 501. Raises :class:`VaultUnavailableError` when nothing answers at the address.
+        """
+        adapter = self._client.adapter
+        kw = getattr(adapter, "_kwargs", {}) or {}
+        url = f"{str(adapter.base_uri).rstrip('/')}/v1/sys/health"
+        self._count()
+        try:
+            with requests.Session() as session:
+                resp = session.get(
+                    url,
+                    params={"standbyok": "true", "perfstandbyok": "true"},
+                    timeout=timeout,
+                    verify=kw.get("verify", True),
+                    cert=kw.get("cert"),
+                    proxies=kw.get("proxies"),
+                )
+        except requests.exceptions.RequestException as exc:
+            raise VaultUnavailableError(
+                f"cannot reach Vault at {adapter.base_uri} ({type(exc).__name__})"
+            ) from None
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {}
+        return resp.status_code, body if isinstance(body, dict) else {}
+
+    def capabilities_self(self, paths: Sequence[str]) -> dict[str, list[str]]:
+        """``POST sys/capabilities-self``: the token's capabilities on each of ``paths``.
+
+        A root token gets ``["root"]``, a path the token may not use ``["deny"]``. Raises
+        :class:`VaultRequestError` (``permission denied``) when the token may not ask.
+        """
+        try:
+            resp = self._call(
+                "sys/capabilities-self", self._client.sys.get_capabilities, paths=list(paths)
+            )
+        except hvac.exceptions.VaultError as exc:
+            raise VaultRequestError(f"sys/capabilities-self failed: {_errors(exc)}") from None
+        data = resp.get("data") if isinstance(resp.get("data"), dict) else resp
+        out: dict[str, list[str]] = {}
+        for path in paths:
+            caps = data.get(path.lstrip("/"), resp.get(path.lstrip("/")))
+            if caps is None and len(paths) == 1:
+                caps = data.get("capabilities")
+            out[path] = [str(c) for c in caps] if isinstance(caps, list) else []
+        return out
+
 
 def _errors(exc: Exception) -> str:
     """Vault's error texts of an hvac exception (they never carry plaintext or tokens)."""
