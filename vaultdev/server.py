@@ -356,6 +356,7 @@ class VaultHandler(BaseHTTPRequestHandler):
         if op == "update" and rel.endswith("/") and not rel.startswith("sys/"):
             raise UserError("cannot write to a path ending in '/'")
         if rel in _UNAUTHENTICATED:
+            state.stats.record("other", 1, False)
             return self._sys_unauth(rel)
         token = state.auth.lookup(self.hdrs.get("x-vault-token"))
         if token is None:
@@ -363,8 +364,10 @@ class VaultHandler(BaseHTTPRequestHandler):
         req = _Request(method, rel, body, op)
         req.token = token
         if rel.startswith("sys/") or rel == "sys":
+            state.stats.record("other", 1, False)
             result = self._sys(req)
-        elif rel.startswith("auth/token/"):
+        elif rel.startswith("auth/"):
+            state.stats.record("other", 1, False)
             result = self._token_endpoints(req)
         else:
             result = self._transit(req)
@@ -627,6 +630,11 @@ class VaultHandler(BaseHTTPRequestHandler):
         state = self.server.state
         tok = req.token
         assert tok is not None
+        if not req.path.startswith("auth/token/"):
+            self._authorize(req, req.path, req.op)
+            raise HTTPStatusError(
+                404, [f'no handler for route "{req.path}". route entry not found.']
+            )
         sub = req.path[len("auth/token/") :]
         op = req.op
         now = time.time()
