@@ -6,14 +6,18 @@ Once the server accepts connections it prints exactly one line to stdout, flushe
 
 Options: ``--host`` (default 127.0.0.1), ``--port`` (0 picks a free port), ``--root-token``,
 ``--no-default-mount`` (do not mount transit at ``transit/``), ``--verbose`` (log requests to
-stderr). Fault injection and statistics are vaultdev extras, see :mod:`vaultdev.faults`.
+stderr), ``--exit-on-stdin-eof`` (stop when stdin closes; :mod:`vaultdev.process` uses it so a
+server never outlives the process that started it). Fault injection and statistics are
+vaultdev extras, see :mod:`vaultdev.faults`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
+import threading
 from types import FrameType
 
 from vaultdev.server import make_server
@@ -31,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         "--no-default-mount", action="store_true", help="do not mount transit at transit/"
     )
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    parser.add_argument(
+        "--exit-on-stdin-eof",
+        action="store_true",
+        help="stop when standard input closes (so a parent's death stops the server)",
+    )
     args = parser.parse_args(argv)
 
     server = make_server(
@@ -47,6 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
+    if args.exit_on_stdin_eof:
+
+        def _watch_stdin() -> None:
+            while os.read(0, 4096):
+                pass
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=_watch_stdin, name="stdin-watch", daemon=True).start()
     sys.stdout.write(f"vaultdev listening on http://{shown}:{port}\n")
     sys.stdout.flush()
     try:

@@ -54,8 +54,9 @@ class VaultdevProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=timeout)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
 
     def __enter__(self) -> VaultdevProcess:
         return self
@@ -94,13 +95,14 @@ def start_vaultdev(
         str(port),
         "--root-token",
         token,
+        "--exit-on-stdin-eof",
         *extra_args,
     ]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-        cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env
+        cmd, stdout=subprocess.PIPE, stdin=subprocess.PIPE, env=env
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
