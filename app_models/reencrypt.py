@@ -228,6 +228,19 @@ class TableSummary:
             "failures": self.failures,
         }
 
+    def column_lines(self) -> list[str]:
+        verb = "would migrate" if self.dry_run else "migrated"
+        lines = []
+        for name, c in self.columns.items():
+            plaintext = c.plaintext_encrypted + c.plaintext_skipped
+            lines.append(
+                f"  {self.table}.{name}: {verb} {c.migrated}, already {c.already_migrated}, "
+                f"NULL {c.null}, plaintext {plaintext}"
+                + (f" ({c.plaintext_encrypted} encrypted)" if c.plaintext_encrypted else "")
+                + f", failed {c.failed}"
+            )
+        return lines
+
     def log_line(self) -> str:
         verb = "would migrate" if self.dry_run else "migrated"
         return (
@@ -715,8 +728,10 @@ def migrate_table(
         bind.engine, spec, revision=revision, direction=direction, run=run, summary=summary
     ).execute()
     log.info("%s", summary.log_line())
+    for line in summary.column_lines():
+        log.info("%s", line)
     run.on_summary(summary)
-    if summary.rows_failed and settings.on_error == "abort":
+    if summary.rows_failed and settings.on_error == "abort" and not settings.dry_run:
         raise _aborted(summary)
     if not settings.dry_run:
         clear_checkpoints(bind, revision)

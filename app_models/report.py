@@ -31,6 +31,26 @@ class RunReport:
     def add(self, summary: TableSummary) -> None:
         self.tables.append(summary)
 
+    def would_fail(self) -> str | None:
+        """For a dry run: why a live run with the same settings would stop, or None."""
+        if self.settings.on_error != "abort":
+            return None
+        failing = [t for t in self.tables if t.rows_failed]
+        if not failing:
+            return None
+        lines = [
+            f"dry run: a live run would stop (on-error=abort); {len(failing)} table(s) have "
+            "rows that cannot be migrated:"
+        ]
+        for t in failing:
+            lines.append(f"  {t.table}: {t.rows_failed} row(s)")
+            lines.extend(
+                f"    {t.table}.{f['column']} id={f['id']}: {f['reason']}" for f in t.failures[:10]
+            )
+            if len(t.failures) > 10:
+                lines.append(f"    ... and {len(t.failures) - 10} more (see -x report=PATH)")
+        return "\n".join(lines)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "tool": "context-encryption-migrations",

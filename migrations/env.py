@@ -2,10 +2,11 @@
 
 Online only: the revisions read and rewrite rows through Vault, which offline ``--sql`` mode
 cannot do. Settings come from the environment and ``-x`` (see :mod:`app_models.settings`) and
-are validated before any work. A caller (tests, the demo) may hand in a connection through
-``config.attributes["connection"]``; otherwise an engine is built from ``DATABASE_URL`` /
-``-x db``. Each revision runs in its own transaction (``transaction_per_migration``); a dry run
-runs them all in one transaction that is rolled back, so nothing is stamped.
+are validated before any work. A caller (tests, the demo) may hand in a connection (or an
+Engine) through ``config.attributes["connection"]``; otherwise an engine is built from
+``DATABASE_URL`` / ``-x db``. Each revision runs in its own transaction
+(``transaction_per_migration``); a dry run runs them all in one transaction that is rolled
+back, so nothing is stamped.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from alembic.util import CommandError
 
 from app_models.errors import ContextEncryptionError
 from app_models.migration import RUNTIME_KEY, TRANSIT_FACTORY_KEY
+from app_models.plan import check_table_filter, plan
 from app_models.reencrypt import RunContext
 from app_models.report import RunReport
 from app_models.settings import Settings, load_settings
@@ -50,24 +52,63 @@ def _settings() -> Settings:
         raise CommandError(str(exc)) from None
 
 
+def _before_first_row(settings: Settings) -> None:
+    """Checks that need Alembic's plan; they run before any revision touches a row."""
+    steps = plan(context.get_context())
+    check_table_filter(settings, steps)
+    if steps:
+        log.info(
+            "%s%s: %s",
+            "dry run of " if settings.dry_run else "",
+            "upgrade" if steps[0].upgrade else "downgrade",
+            ", ".join(f"{s.revision} ({s.table})" for s in steps),
+        )
+
+
 def _run(connection: sa.Connection, settings: Settings) -> None:
     if settings.dry_run:
         # One outer transaction, rolled back at the end: no version stamp, no checkpoint.
         outer = connection.begin_nested() if connection.in_transaction() else connection.begin()
         try:
             context.configure(connection=connection, version_table=VERSION_TABLE)
+            _before_first_row(settings)
             context.run_migrations()
         finally:
             outer.rollback()
-        log.info("dry run: nothing was written and no revision was stamped")
         return
+    external = connection.in_transaction()
     context.configure(
         connection=connection,
         version_table=VERSION_TABLE,
         transaction_per_migration=True,
     )
+    _before_first_row(settings)
+    if not external and connection.in_transaction():
+        # Reading the current heads autobegan a transaction; end it so that Alembic begins
+        # (and commits) one transaction per revision as configured.
+        connection.commit()
     with context.begin_transaction():
         context.run_migrations()
+
+
+def _connect_and_run(settings: Settings) -> None:
+    connectable = config.attributes.get("connection")
+    if isinstance(connectable, sa.Engine):  # pytest-alembic hands in an Engine
+        with connectable.connect() as conn:
+            _run(conn, settings)
+    elif connectable is not None:
+        _run(connectable, settings)
+    else:
+        if settings.database_url is None:
+            raise CommandError("no database: set DATABASE_URL or pass -x db=postgresql://...")
+        engine = sa.create_engine(
+            settings.database_url, poolclass=sa.pool.NullPool, hide_parameters=True
+        )
+        try:
+            with engine.connect() as conn:
+                _run(conn, settings)
+        finally:
+            engine.dispose()
 
 
 def run_migrations_online() -> None:
@@ -79,27 +120,24 @@ def run_migrations_online() -> None:
         settings=settings, transit_factory=lambda: make_transit(settings), on_summary=report.add
     )
     try:
-        connectable = config.attributes.get("connection")
-        if isinstance(connectable, sa.Engine):  # pytest-alembic hands in an Engine
-            with connectable.connect() as conn:
-                _run(conn, settings)
-        elif connectable is not None:
-            _run(connectable, settings)
+        _connect_and_run(settings)
+        if settings.dry_run:
+            report.outcome = "dry-run"
+            log.info("dry run: nothing was written and no revision was stamped")
+            would_fail = report.would_fail()
+            if would_fail:
+                report.outcome = "dry-run: a live run would fail"
+                raise CommandError(would_fail)
         else:
-            if settings.database_url is None:
-                raise CommandError("no database: set DATABASE_URL or pass -x db=postgresql://...")
-            engine = sa.create_engine(
-                settings.database_url, poolclass=sa.pool.NullPool, hide_parameters=True
-            )
-            try:
-                with engine.connect() as conn:
-                    _run(conn, settings)
-            finally:
-                engine.dispose()
-        report.outcome = "dry-run" if settings.dry_run else "completed"
+            report.outcome = "completed"
     except ContextEncryptionError as exc:
         report.outcome, report.error = "failed", str(exc)
         raise CommandError(str(exc)) from None
+    except CommandError as exc:
+        if report.outcome in ("running", "dry-run"):
+            report.outcome = "failed"
+        report.error = str(exc)
+        raise
     except BaseException as exc:
         report.outcome, report.error = "failed", type(exc).__name__
         raise

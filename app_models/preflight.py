@@ -1,0 +1,726 @@
+"""Preflight: everything a run needs, checked before the first row is touched.
+
+:func:`run_preflight` checks, in this order, and collects every failure into one
+:class:`~app_models.errors.PreflightError` whose message says what is wrong and how to fix it:
+
+1. the database answers ``SELECT 1`` (its URL is shown with the password hidden);
+2. Vault answers ``sys/health`` (one request, no retries) and is unsealed;
+3. the token is valid (``auth/token/lookup-self``) and has at least ``min_token_ttl`` seconds
+   left, or is renewable (the report says which), and has no use limit;
+4. ``sys/capabilities-self`` grants what the direction needs (upgrade: decrypt with the old key,
+   encrypt and decrypt with the new key, read both keys; downgrade: the reverse). On a missing
+   capability the message carries the HCL policy the token needs, with the real names;
+5. the keys: the old key exists, is not derived and can decrypt (and encrypt, for a downgrade:
+   otherwise it must be restored from its backup); the new key exists with ``derived=true`` and
+   ``convergent_encryption=true`` (otherwise the exact ``vault write`` command that creates it);
+6. the ciphertext versions found in the tables in scope are ones the source key still
+   decrypts (``min_decryption_version`` .. ``latest_version``). Versions outside that range are
+   trial-decrypted (a small sample) with the target scheme, so values a previous run already
+   migrated do not count. PostgreSQL groups versions with a regular expression, SQLite with
+   ``substr``/``instr``; other databases parse a sample in Python;
+7. the HMAC secret is set when a column in scope has a companion.
+
+A check that cannot run because an earlier one failed (no database, Vault unreachable, token
+invalid) is skipped, not reported twice. Nothing here reads or logs a value or a secret: only
+ciphertext *prefixes* are looked at, and rows are counted, never shown.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import sqlalchemy as sa
+
+from app_models.errors import (
+    ContextEncryptionError,
+    PreflightError,
+    VaultRequestError,
+    VaultUnavailableError,
+)
+from app_models.settings import Settings
+from app_models.tables import ENCRYPTED_COLUMNS, TABLE_NAMES, context_string, metadata
+from app_models.transit import PERMISSION_DENIED, DecryptRequest, KeyInfo, TransitClient
+
+log = logging.getLogger("context_encryption")
+
+DirectionName = Literal["upgrade", "downgrade"]
+
+#: A token with less time left than this (and not renewable) fails the preflight.
+DEFAULT_MIN_TOKEN_TTL: Final = 15 * 60
+#: Values per (column, version) trial-decrypted when a version is outside the key's range.
+TRIAL_SAMPLE: Final = 20
+#: Rows parsed in Python on databases that have neither regex nor instr.
+GENERIC_SAMPLE: Final = 10_000
+
+_VERSION = re.compile(r"^vault:v([0-9]{1,9}):")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One preflight check: ``ok``, what was found, and how to fix it when not ok."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail, "fix": self.fix}
+
+
+@dataclass
+class PreflightReport:
+    """What the preflight found. ``versions`` maps ``table.column`` to {version: count}."""
+
+    direction: DirectionName
+    tables: tuple[str, ...]
+    checks: list[Check] = field(default_factory=list)
+    versions: dict[str, dict[int, int]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def add(self, name: str, ok: bool, detail: str, fix: str = "") -> Check:
+        check = Check(name, ok, detail, fix)
+        self.checks.append(check)
+        if ok:
+            log.debug("preflight %s: %s", name, detail)
+        return check
+
+    def message(self) -> str:
+        """All failures, each with its fix, as one operator-facing text."""
+        fails = self.failures
+        head = (
+            f"preflight failed ({self.direction} of {', '.join(self.tables) or 'no table'}): "
+            f"{len(fails)} problem(s); nothing was changed"
+        )
+        parts = [head]
+        for i, c in enumerate(fails, 1):
+            text = f"{i}. [{c.name}] {c.detail}"
+            if c.fix:
+                text += "\n   Fix: " + c.fix.replace("\n", "\n   ")
+            parts.append(text)
+        return "\n".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "direction": self.direction,
+            "tables": list(self.tables),
+            "ok": self.ok,
+            "checks": [c.as_dict() for c in self.checks],
+            "versions": {
+                k: {str(v): n for v, n in sorted(d.items())} for k, d in self.versions.items()
+            },
+            "warnings": list(self.warnings),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# what a direction needs
+# --------------------------------------------------------------------------------------------
+
+
+def required_capabilities(settings: Settings, direction: DirectionName) -> list[tuple[str, str]]:
+    """(path, capability) pairs the run needs on the Transit mount."""
+    m, old, new = settings.transit_mount, settings.old_key, settings.new_key
+    source, target = (old, new) if direction == "upgrade" else (new, old)
+    return [
+        (f"{m}/decrypt/{source}", "update"),
+        (f"{m}/encrypt/{target}", "update"),
+        # the engine trial-decrypts with the target key to recognise already-migrated values
+        (f"{m}/decrypt/{target}", "update"),
+        (f"{m}/keys/{old}", "read"),
+        (f"{m}/keys/{new}", "read"),
+    ]
+
+
+def policy_hcl(settings: Settings) -> str:
+    """The HCL policy a token needs for upgrade *and* downgrade (rollback), real names."""
+    m, old, new = settings.transit_mount, settings.old_key, settings.new_key
+    rows = [
+        (f"{m}/keys/{old}", "read", ""),
+        (f"{m}/keys/{new}", "read", ""),
+        (f"{m}/decrypt/{old}", "update", ""),
+        (f"{m}/encrypt/{old}", "update", "  # downgrade (rollback) only"),
+        (f"{m}/decrypt/{new}", "update", ""),
+        (f"{m}/encrypt/{new}", "update", ""),
+    ]
+    width = max(len(p) for p, _c, _n in rows) + 2
+    lines = []
+    for p, c, note in rows:
+        quoted = f'"{p}"'
+        lines.append(f'path {quoted:<{width}} {{ capabilities = ["{c}"] }}{note}')
+    return "\n".join(lines)
+
+
+def _has(caps: Sequence[str], needed: str) -> bool:
+    if "deny" in caps:
+        return False
+    if "root" in caps:
+        return True
+    # an existing key's encrypt path is an update; "create" alone is not enough for it
+    return needed in caps
+
+
+def _duration(seconds: int) -> str:
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def _safe_url(url: sa.URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def _scrub(text: str, url: sa.URL) -> str:
+    """An error text without the database password, should a driver ever echo it."""
+    if url.password:
+        text = text.replace(str(url.password), "***")
+    return text.splitlines()[0] if text else text
+
+
+# --------------------------------------------------------------------------------------------
+# the checks
+# --------------------------------------------------------------------------------------------
+
+
+def check_database(report: PreflightReport, engine: sa.Engine) -> bool:
+    url = engine.url
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:
+        orig = getattr(exc, "orig", None) or exc
+        report.add(
+            "database",
+            False,
+            f"cannot connect to the database {_safe_url(url)} "
+            f"({type(orig).__name__}: {_scrub(str(orig), url)})",
+            "check DATABASE_URL (or -x db=...): host, port, database name, user and password, "
+            "and that the server is running and accepts connections from this host",
+        )
+        return False
+    report.add("database", True, f"connected to {_safe_url(url)}")
+    return True
+
+
+def check_vault(report: PreflightReport, transit: TransitClient, addr: str) -> bool:
+    try:
+        status, body = transit.health()
+    except VaultUnavailableError as exc:
+        report.add(
+            "vault",
+            False,
+            f"{exc}: nothing answers there",
+            "check VAULT_ADDR (or -x vault-addr=...): scheme (http/https), host and port, and "
+            "that Vault is running and reachable from this host (firewall, proxy, VPN)",
+        )
+        return False
+    if status == 503 or body.get("sealed") is True:
+        report.add(
+            "vault",
+            False,
+            f"Vault at {addr} is sealed (sys/health answered {status})",
+            "unseal it (vault operator unseal) or point VAULT_ADDR at an unsealed node",
+        )
+        return False
+    if status == 501 or body.get("initialized") is False:
+        report.add(
+            "vault",
+            False,
+            f"Vault at {addr} is not initialised (sys/health answered {status})",
+            "point VAULT_ADDR at the Vault that holds the Transit keys",
+        )
+        return False
+    if status >= 400 and status not in (429, 472, 473):
+        report.add(
+            "vault",
+            False,
+            f"Vault at {addr} answered sys/health with HTTP {status}",
+            "check VAULT_ADDR: it should be the Vault API address (e.g. https://vault:8200)",
+        )
+        return False
+    version = body.get("version")
+    report.add(
+        "vault", True, f"Vault at {addr} is up" + (f" (version {version})" if version else "")
+    )
+    return True
+
+
+def check_token(report: PreflightReport, transit: TransitClient, min_ttl: int) -> bool:
+    try:
+        info = transit.lookup_self()
+    except (VaultRequestError, VaultUnavailableError) as exc:
+        denied = PERMISSION_DENIED in str(exc)
+        report.add(
+            "token",
+            False,
+            "Vault refused the token lookup (auth/token/lookup-self: permission denied): the "
+            "token is invalid, expired or revoked"
+            if denied
+            else f"the token lookup failed: {exc}",
+            "set VAULT_TOKEN (or -x vault-token=...) to a valid token, e.g. one from "
+            "'vault login' or 'vault token create -policy=<policy> -ttl=2h'; a token without "
+            "the default policy also needs read on auth/token/lookup-self",
+        )
+        return False
+    ttl = int(info.get("ttl") or 0)
+    renewable = bool(info.get("renewable"))
+    uses = int(info.get("num_uses") or 0)
+    policies = ", ".join(str(p) for p in info.get("policies") or [])
+    ok = True
+    if ttl == 0 and info.get("expire_time") in (None, ""):
+        detail = f"valid, never expires (policies: {policies})"
+    elif ttl >= min_ttl:
+        detail = f"valid, {_duration(ttl)} left (policies: {policies})"
+    elif renewable:
+        detail = (
+            f"valid, only {_duration(ttl)} left but renewable: renew it for a long run "
+            f"(vault token renew) — the tool does not renew it (policies: {policies})"
+        )
+        report.warnings.append(
+            f"the Vault token has only {_duration(ttl)} left (renewable); "
+            "renew it before a long run"
+        )
+    else:
+        ok = False
+        detail = (
+            f"the token expires in {_duration(ttl)} and is not renewable; a run that outlives it "
+            "stops half-way"
+        )
+    if ok and uses > 0:
+        ok = False
+        detail = f"the token is limited to {uses} more use(s); a run makes several per batch"
+    if ok:
+        report.add("token", True, detail)
+        return True
+    report.add(
+        "token",
+        False,
+        detail,
+        f"use a token with at least {_duration(min_ttl)} left, no use limit, or renewable, e.g. "
+        "vault token create -policy=<policy> -ttl=4h",
+    )
+    return True  # the token works now: later checks can still run
+
+
+def check_capabilities(
+    report: PreflightReport, settings: Settings, transit: TransitClient, direction: DirectionName
+) -> bool:
+    needed = required_capabilities(settings, direction)
+    policy = policy_hcl(settings)
+    fix_tail = (
+        "give the token a policy with (upgrade and rollback):\n"
+        f"{policy}\n"
+        "e.g. save it as context-encryption.hcl, then: vault policy write context-encryption "
+        "context-encryption.hcl && vault token create -policy=context-encryption -ttl=4h"
+    )
+    try:
+        caps = transit.capabilities_self([p for p, _c in needed])
+    except (VaultRequestError, VaultUnavailableError) as exc:
+        report.add(
+            "capabilities",
+            False,
+            f"cannot check the token's capabilities (sys/capabilities-self: {exc}); the token "
+            "most likely lacks the default policy",
+            fix_tail,
+        )
+        return False
+    missing = [(p, c) for p, c in needed if not _has(caps.get(p, []), c)]
+    if missing:
+        report.add(
+            "capabilities",
+            False,
+            "the token lacks "
+            + ", ".join(
+                f"{c} on {p} (has: {', '.join(caps.get(p, [])) or 'none'})" for p, c in missing
+            )
+            + f"; Vault would answer 'permission denied' during the {direction}",
+            fix_tail,
+        )
+        return False
+    report.add("capabilities", True, f"the token may {direction} ({len(needed)} paths checked)")
+    return True
+
+
+def _read_key(
+    report: PreflightReport, transit: TransitClient, name: str
+) -> tuple[bool, KeyInfo | None]:
+    """(readable, info). Not readable: the capability check already said why."""
+    try:
+        return True, transit.read_key(name)
+    except ContextEncryptionError as exc:
+        report.add("keys", False, f"cannot read key {name!r}: {exc}", "see the capabilities check")
+        return False, None
+
+
+def check_keys(
+    report: PreflightReport, settings: Settings, transit: TransitClient, direction: DirectionName
+) -> tuple[KeyInfo | None, KeyInfo | None]:
+    m, old_name, new_name = settings.transit_mount, settings.old_key, settings.new_key
+    ok_old, old = _read_key(report, transit, old_name)
+    ok_new, new = _read_key(report, transit, new_name)
+    found: list[str] = []
+    create_new = f"vault write -f {m}/keys/{new_name} derived=true convergent_encryption=true"
+
+    if ok_old:
+        if old is None:
+            if direction == "downgrade":
+                report.add(
+                    "old key",
+                    False,
+                    f"the old key {old_name!r} does not exist on mount {m!r}: a rollback "
+                    "re-encrypts with it, so it must exist",
+                    f"restore it from its backup: vault write {m}/restore/{old_name} "
+                    "backup=@<backup file> (the backup taken before the migration with "
+                    f"vault read {m}/backup/{old_name}); or check VAULT_OLD_KEY / "
+                    "VAULT_TRANSIT_MOUNT",
+                )
+            else:
+                report.add(
+                    "old key",
+                    False,
+                    f"the old key {old_name!r} does not exist on mount {m!r}: the data cannot be "
+                    "decrypted",
+                    "check VAULT_OLD_KEY (or -x vault-key=...) and VAULT_TRANSIT_MOUNT (or -x "
+                    f"transit-mount=...); if it was deleted, restore it: vault write "
+                    f"{m}/restore/{old_name} backup=@<backup file>",
+                )
+        elif old.derived:
+            report.add(
+                "old key",
+                False,
+                f"the old key {old_name!r} is derived (it needs a context): it is not the "
+                "no-context key; the data may already use context-based encryption, or the key "
+                "names are swapped",
+                "check VAULT_OLD_KEY / VAULT_NEW_KEY (-x vault-key / -x new-vault-key); run "
+                "'context-encryption verify' to see which scheme the data is in",
+            )
+        elif not old.supports_decryption or (
+            direction == "downgrade" and not old.supports_encryption
+        ):
+            report.add(
+                "old key",
+                False,
+                f"the old key {old_name!r} (type {old.type}) cannot "
+                + ("encrypt and decrypt" if direction == "downgrade" else "decrypt"),
+                "check VAULT_OLD_KEY: it must be the aes256-gcm96 (or similar) key the data "
+                "was encrypted with",
+            )
+        else:
+            found.append(f"old key {old_name!r} v{old.latest_version} (no context)")
+
+    if ok_new:
+        if new is None:
+            if direction == "downgrade":
+                report.add(
+                    "new key",
+                    False,
+                    f"the new key {new_name!r} does not exist on mount {m!r}: values in the new "
+                    "scheme cannot be decrypted for the rollback",
+                    f"restore it from its backup: vault write {m}/restore/{new_name} "
+                    "backup=@<backup file>; or check VAULT_NEW_KEY / VAULT_TRANSIT_MOUNT",
+                )
+            else:
+                report.add(
+                    "new key",
+                    False,
+                    f"the new key {new_name!r} does not exist on mount {m!r}",
+                    f"create it with: {create_new}",
+                )
+        elif not (new.derived and new.convergent):
+            report.add(
+                "new key",
+                False,
+                f"the new key {new_name!r} exists but is not derived + convergent "
+                f"(derived={str(new.derived).lower()}, "
+                f"convergent_encryption={str(new.convergent).lower()}); these cannot be changed "
+                "on an existing key",
+                f"if the key holds no data yet, delete it (vault write {m}/keys/{new_name}/config "
+                f"deletion_allowed=true; vault delete {m}/keys/{new_name}) and create it with: "
+                f"{create_new}; or create a key under another name the same way and set "
+                "VAULT_NEW_KEY (-x new-vault-key=...)",
+            )
+        elif not (new.supports_encryption and new.supports_decryption):
+            report.add(
+                "new key",
+                False,
+                f"the new key {new_name!r} (type {new.type}) cannot encrypt and decrypt",
+                f"create an aes256-gcm96 key with: {create_new}",
+            )
+        else:
+            found.append(f"new key {new_name!r} v{new.latest_version} (derived, convergent)")
+    if found and not any(c.name in ("old key", "new key", "keys") for c in report.failures):
+        report.add("keys", True, "; ".join(found))
+    return (old if ok_old else None), (new if ok_new else None)
+
+
+def check_hmac_secret(report: PreflightReport, settings: Settings, tables: Sequence[str]) -> None:
+    companions = [
+        f"{t}.{c.hmac_column}" for t in tables for c in ENCRYPTED_COLUMNS[t] if c.hmac_column
+    ]
+    if not companions:
+        report.add("hmac secret", True, "no column in scope has an HMAC companion")
+        return
+    if settings.hmac_secret is None:
+        report.add(
+            "hmac secret",
+            False,
+            f"columns in scope have HMAC companions ({', '.join(companions)}) but "
+            "ENCRYPTION_HMAC_SECRET is not set",
+            "set ENCRYPTION_HMAC_SECRET (or -x hmac-secret=...) to the secret the application "
+            "computes the companions with",
+        )
+        return
+    report.add("hmac secret", True, f"set ({len(companions)} companion columns in scope)")
+
+
+# --------------------------------------------------------------------------------------------
+# ciphertext versions in the data
+# --------------------------------------------------------------------------------------------
+
+
+def scan_versions(conn: sa.Connection, table: str, column: str) -> dict[int, int]:
+    """{key version: number of values} of ``table.column`` (values with a ``vault:v`` prefix).
+
+    PostgreSQL: one grouped scan with a regular expression. SQLite: ``substr``/``instr``.
+    Other databases: the first :data:`GENERIC_SAMPLE` values by primary key, parsed in Python.
+    """
+    t = metadata.tables[table]
+    col = t.c[column]
+    dialect = conn.dialect.name
+    out: dict[int, int] = {}
+    if dialect in ("postgresql", "sqlite"):
+        if dialect == "postgresql":
+            ver: sa.ColumnElement[Any] = sa.func.substring(col, r"^vault:v([0-9]+):")
+        else:
+            rest = sa.func.substr(col, 8)
+            ver = sa.func.substr(rest, 1, sa.func.instr(rest, ":") - 1)
+        stmt = (
+            sa.select(ver.label("v"), sa.func.count().label("n"))
+            .where(col.like("vault:v%"))
+            .group_by(ver)
+        )
+        for v, n in conn.execute(stmt):
+            if isinstance(v, str) and v.isdigit() and len(v) <= 9:
+                out[int(v)] = out.get(int(v), 0) + int(n)
+        return out
+    stmt2 = sa.select(col).where(col.like("vault:v%")).order_by(t.c.id).limit(GENERIC_SAMPLE)
+    for (value,) in conn.execute(stmt2):
+        m = _VERSION.match(value or "")
+        if m:
+            out[int(m.group(1))] = out.get(int(m.group(1)), 0) + 1
+    return out
+
+
+def _sample_version(conn: sa.Connection, table: str, column: str, version: int) -> list[str]:
+    t = metadata.tables[table]
+    col = t.c[column]
+    stmt = (
+        sa.select(col).where(col.like(f"vault:v{version}:%")).order_by(t.c.id).limit(TRIAL_SAMPLE)
+    )
+    return [v for (v,) in conn.execute(stmt) if isinstance(v, str)]
+
+
+def check_versions(
+    report: PreflightReport,
+    *,
+    settings: Settings,
+    engine: sa.Engine,
+    transit: TransitClient | None,
+    direction: DirectionName,
+    tables: Sequence[str],
+    source: KeyInfo,
+) -> None:
+    """Every ciphertext version in scope is decryptable by the source key (or already migrated)."""
+    upgrade = direction == "upgrade"
+    target_key = settings.new_key if upgrade else settings.old_key
+    lo, hi = source.min_decryption_version, source.latest_version
+    problems: list[str] = []
+    too_old = False
+    with engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        for table in tables:
+            if not inspector.has_table(table):
+                report.add(
+                    "data versions",
+                    False,
+                    f"table {table!r} does not exist in {_safe_url(engine.url)}",
+                    "the migration does not create the application's tables: check DATABASE_URL, "
+                    "or leave the table out (-x tables=...)",
+                )
+                continue
+            for col in ENCRYPTED_COLUMNS[table]:
+                versions = scan_versions(conn, table, col.name)
+                report.versions[f"{table}.{col.name}"] = versions
+                for v, n in sorted(versions.items()):
+                    if lo <= v <= hi:
+                        continue
+                    # a value a previous (interrupted) run already migrated is fine
+                    if transit is not None:
+                        sample = _sample_version(conn, table, col.name, v)
+                        ctx = context_string(table, col.name) if upgrade else None
+                        try:
+                            results = transit.decrypt_batch(
+                                target_key, [DecryptRequest(s, ctx) for s in sample]
+                            )
+                        except ContextEncryptionError:
+                            results = []
+                        if results and all(r.ok for r in results):
+                            continue
+                    if v < lo:
+                        too_old = True
+                        problems.append(
+                            f"{table}.{col.name}: {n} value(s) of version v{v}, below "
+                            f"min_decryption_version {lo}"
+                        )
+                    else:
+                        problems.append(
+                            f"{table}.{col.name}: {n} value(s) of version v{v}, above the key's "
+                            f"latest version {hi}"
+                        )
+    which = "old" if upgrade else "new"
+    if problems:
+        lowest = min((v for d in report.versions.values() for v in d if v < lo), default=lo)
+        fix = (
+            f"lower the {which} key's min_decryption_version so Vault decrypts them again: "
+            f"vault write {settings.transit_mount}/keys/{source.name}/config "
+            f"min_decryption_version={lowest}"
+            if too_old
+            else f"these values were not made by the {which} key {source.name!r} (another key, "
+            "or the key was restored from an older backup): check VAULT_OLD_KEY / VAULT_NEW_KEY"
+        )
+        report.add(
+            "data versions",
+            False,
+            f"the {which} key {source.name!r} (versions {lo}..{hi} decryptable) cannot decrypt "
+            "every value in scope: " + "; ".join(problems),
+            fix,
+        )
+        return
+    seen = sorted({v for d in report.versions.values() for v in d})
+    report.add(
+        "data versions",
+        True,
+        f"ciphertext versions in scope {seen or 'none'}; the {which} key decrypts {lo}..{hi}",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------
+
+
+def collect_preflight(
+    settings: Settings,
+    *,
+    direction: DirectionName | Any,
+    tables: Iterable[str],
+    transit: TransitClient | None,
+    engine: sa.Engine | None,
+    min_token_ttl: int = DEFAULT_MIN_TOKEN_TTL,
+    scan_data: bool = True,
+) -> PreflightReport:
+    """Run every check and return the report, without raising for failures.
+
+    ``transit`` is None when no client could be built (no address or no token): the Vault checks
+    then fail with what to set. ``direction`` is ``"upgrade"``/``"downgrade"`` (or the engine's
+    ``Direction``).
+    """
+    dname: DirectionName = (
+        "downgrade" if str(getattr(direction, "value", direction)) == "downgrade" else "upgrade"
+    )
+    scope = tuple(t for t in TABLE_NAMES if t in set(tables))
+    report = PreflightReport(dname, scope)
+
+    db_ok = False
+    if engine is None:
+        report.add(
+            "database",
+            False,
+            "no database URL",
+            "set DATABASE_URL (or -x db=postgresql://user@host:5432/dbname)",
+        )
+    else:
+        db_ok = check_database(report, engine)
+
+    vault_ok = False
+    if transit is None or not settings.vault_addr:
+        report.add(
+            "vault",
+            False,
+            "no Vault address or token",
+            "set VAULT_ADDR and VAULT_TOKEN (or -x vault-addr=... -x vault-token=...)",
+        )
+    else:
+        vault_ok = check_vault(report, transit, settings.vault_addr) and check_token(
+            report, transit, min_token_ttl
+        )
+
+    old: KeyInfo | None = None
+    new: KeyInfo | None = None
+    if vault_ok and transit is not None:
+        check_capabilities(report, settings, transit, dname)
+        old, new = check_keys(report, settings, transit, dname)
+
+    source = old if dname == "upgrade" else new
+    if scan_data and db_ok and engine is not None and scope and source is not None:
+        check_versions(
+            report,
+            settings=settings,
+            engine=engine,
+            transit=transit,
+            direction=dname,
+            tables=scope,
+            source=source,
+        )
+
+    check_hmac_secret(report, settings, scope)
+    return report
+
+
+def run_preflight(
+    settings: Settings,
+    *,
+    direction: DirectionName | Any,
+    tables: Sequence[str],
+    transit: TransitClient | None,
+    engine: sa.Engine | None,
+    min_token_ttl: int = DEFAULT_MIN_TOKEN_TTL,
+) -> PreflightReport:
+    """Check everything the run needs before its first row; raise :class:`PreflightError`.
+
+    The error's message lists every failure with its fix. Returns the report when all pass
+    (warnings, such as a short-lived renewable token, are logged).
+    """
+    report = collect_preflight(
+        settings,
+        direction=direction,
+        tables=tables,
+        transit=transit,
+        engine=engine,
+        min_token_ttl=min_token_ttl,
+    )
+    for w in report.warnings:
+        log.warning("preflight: %s", w)
+    if not report.ok:
+        raise PreflightError(report.message())
+    log.info(
+        "preflight passed (%s of %s): %s",
+        report.direction,
+        ", ".join(report.tables) or "no table",
+        "; ".join(f"{c.name}: {c.detail}" for c in report.checks),
+    )
+    return report
