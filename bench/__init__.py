@@ -1,0 +1,1 @@
+"""Performance benchmark of the re-encryption engine (issue 6). Run ``python -m bench.run``."""

@@ -1,0 +1,290 @@
+"""What every measurement shares: a throwaway database, vaultdev with both keys, seeded rows.
+
+The seeded data lives in a pristine copy (``bench_users_pristine``); before each measurement
+``users`` is rebuilt from it (``TRUNCATE`` + ``INSERT ... SELECT``), so every measurement starts
+from the same old-scheme rows. Plaintexts exist only inside this process while seeding; nothing
+here prints a value, a token or the HMAC secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import hvac
+import psycopg
+import sqlalchemy as sa
+from psycopg import sql
+
+from app_models.reencrypt import ColumnSpec, TableSpec
+from app_models.tables import metadata
+from vaultdev.control import clear_faults, get_stats, reset_stats, set_faults
+from vaultdev.process import VaultdevProcess
+
+OLD_KEY: Final = "pos-encryption-key"
+NEW_KEY: Final = "pos-context-key"
+MOUNT: Final = "transit"
+TABLE: Final = "users"
+PRISTINE: Final = "bench_users_pristine"
+MIGRATED: Final = "bench_users_migrated"
+COLUMNS: Final = ("email", "first_name", "last_name")
+#: Items per seeding request (Vault's limit is 10,000 per batch_input).
+SEED_BATCH: Final = 5_000
+
+#: The same frozen snapshot as migrations/versions/0001_users.py (which is not importable).
+USERS_SPEC: Final = TableSpec(
+    table=sa.table(
+        "users",
+        sa.column("id", sa.Uuid),
+        sa.column("email", sa.Text),
+        sa.column("email_hmac", sa.Text),
+        sa.column("first_name", sa.Text),
+        sa.column("last_name", sa.Text),
+    ),
+    columns=(
+        ColumnSpec("email", hmac="email_hmac"),
+        ColumnSpec("first_name"),
+        ColumnSpec("last_name"),
+    ),
+)
+
+_FIRST = ("Anna", "Bruno", "Chloé", "Dmitri", "Eva", "Farid", "Grace", "Hiroshi", "Inès", "João")
+_LAST = ("Müller", "Smith", "García", "Nakamura", "O'Neil", "Kowalski", "Dubois", "Rossi", "Ng")
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def hmac_hex(secret: str, text: str) -> str:
+    return hmac.new(secret.encode("utf-8"), text.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def plaintexts(i: int, salt: str) -> tuple[str, str, str]:
+    """Row ``i``'s email, first and last name: realistic lengths, some non-ASCII."""
+    first = _FIRST[i % len(_FIRST)]
+    last = _LAST[(i // len(_FIRST)) % len(_LAST)]
+    email = f"{first.lower()}.{last.lower()}.{i}.{salt}@example-shop.com"
+    return email, f"{first} {i % 97}", f"{last}-{i}"
+
+
+def conninfo(url: sa.URL) -> str:
+    """A libpq URL for psycopg from a SQLAlchemy URL."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@dataclass
+class BenchDb:
+    """A throwaway database ``bench_<hex>`` on the server of ``admin_url``."""
+
+    admin_url: sa.URL
+    name: str
+    url: sa.URL
+    engine: sa.Engine
+
+    @classmethod
+    def create(cls, admin_url: sa.URL) -> BenchDb:
+        name = f"bench_{secrets.token_hex(6)}"
+        with psycopg.connect(conninfo(admin_url), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        url = admin_url.set(database=name)
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool, hide_parameters=True)
+        with engine.begin() as conn:
+            metadata.tables[TABLE].create(conn)
+            conn.execute(sa.text(f"CREATE TABLE {PRISTINE} (LIKE users INCLUDING ALL)"))
+        return cls(admin_url, name, url, engine)
+
+    def drop(self) -> None:
+        self.engine.dispose()
+        with psycopg.connect(conninfo(self.admin_url), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name))
+            )
+
+    def pristine_count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.text(f"SELECT count(*) FROM {PRISTINE}")).scalar_one())
+
+    def restore(self, rows: int) -> None:
+        """``users`` := the first ``rows`` pristine rows (by id); no alembic stamp, no checkpoint.
+
+        Rows keep the pristine physical order (random with respect to the uuid key, as in a real
+        table), and the table is vacuumed and analysed so every measurement starts alike.
+        """
+        with self.engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version_encryption"))
+            conn.execute(sa.text("DROP TABLE IF EXISTS context_encryption_checkpoint"))
+            conn.execute(sa.text("TRUNCATE users"))
+            cut = conn.execute(
+                sa.text(f"SELECT id FROM {PRISTINE} ORDER BY id OFFSET :n LIMIT 1"),
+                {"n": rows - 1},
+            ).scalar_one_or_none()
+            if cut is None:
+                raise RuntimeError(f"only {self.pristine_count()} seeded rows; {rows} wanted")
+            conn.execute(
+                sa.text(f"INSERT INTO users SELECT * FROM {PRISTINE} WHERE id <= :cut"),
+                {"cut": cut},
+            )
+        self.vacuum(TABLE)
+
+    def vacuum(self, table: str) -> None:
+        with psycopg.connect(conninfo(self.url), autocommit=True) as conn:
+            conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(table)))
+            conn.execute("CHECKPOINT")
+
+    def keep_migrated(self) -> None:
+        """Copy the migrated ciphertexts aside: the precomputed values of the database-only run."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {MIGRATED}"))
+            conn.execute(
+                sa.text(
+                    f"CREATE TABLE {MIGRATED} AS SELECT id, email, first_name, last_name FROM users"
+                )
+            )
+
+    def migrated_values(self) -> dict[Any, tuple[str | None, ...]]:
+        with self.engine.connect() as conn:
+            result = conn.execute(
+                sa.text(f"SELECT id, email, first_name, last_name FROM {MIGRATED}")
+            )
+            return {r[0]: tuple(r[1:]) for r in result}
+
+    def pristine_ciphertexts(self, rows: int) -> list[tuple[str, str, str]]:
+        """The first ``rows`` pristine rows' ciphertexts, in primary-key order."""
+        with self.engine.connect() as conn:
+            result = conn.execute(
+                sa.text(
+                    f"SELECT email, first_name, last_name FROM {PRISTINE} ORDER BY id LIMIT :n"
+                ),
+                {"n": rows},
+            )
+            return [(r[0], r[1], r[2]) for r in result]
+
+
+@dataclass
+class Vault:
+    """vaultdev with the two keys on ``transit``; a root hvac client for setup and seeding."""
+
+    proc: VaultdevProcess
+    client: Any
+
+    @classmethod
+    def setup(cls, proc: VaultdevProcess) -> Vault:
+        client = hvac.Client(url=proc.addr, token=proc.token, timeout=120)
+        mounts = client.sys.list_mounted_secrets_engines()
+        if f"{MOUNT}/" not in mounts.get("data", mounts):
+            client.sys.enable_secrets_engine("transit", path=MOUNT)
+        client.secrets.transit.create_key(name=OLD_KEY, mount_point=MOUNT)
+        client.secrets.transit.create_key(
+            name=NEW_KEY, derived=True, convergent_encryption=True, mount_point=MOUNT
+        )
+        return cls(proc, client)
+
+    @property
+    def addr(self) -> str:
+        return self.proc.addr
+
+    def latency(self, ms: float) -> None:
+        if ms > 0:
+            set_faults(self.addr, self.proc.token, latency_ms=ms)
+        else:
+            clear_faults(self.addr, self.proc.token)
+
+    def reset_stats(self) -> None:
+        reset_stats(self.addr, self.proc.token)
+
+    def stats(self) -> dict[str, Any]:
+        return get_stats(self.addr, self.proc.token)
+
+    def encrypt_old(self, texts: Sequence[str]) -> list[str]:
+        out: list[str] = []
+        for lo in range(0, len(texts), SEED_BATCH):
+            batch = [{"plaintext": b64(t)} for t in texts[lo : lo + SEED_BATCH]]
+            resp = self.client.secrets.transit.encrypt_data(
+                name=OLD_KEY, batch_input=batch, mount_point=MOUNT
+            )
+            out.extend(str(r["ciphertext"]) for r in resp["data"]["batch_results"])
+        return out
+
+    def decrypt_new(self, column: str, ciphertexts: Sequence[str]) -> list[str | None]:
+        """Decrypt with the new key and ``users.<column>``; None for an item that fails."""
+        ctx = b64(f"{TABLE}.{column}")
+        batch = [{"ciphertext": c, "context": ctx} for c in ciphertexts]
+        try:
+            resp = self.client.secrets.transit.decrypt_data(
+                name=NEW_KEY, batch_input=batch, mount_point=MOUNT
+            )
+            results = resp["data"]["batch_results"]
+        except hvac.exceptions.InvalidRequest as exc:
+            results = exc.json["data"]["batch_results"]
+        return [
+            None if r.get("error") else base64.b64decode(r["plaintext"]).decode("utf-8")
+            for r in results
+        ]
+
+
+def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
+    for lo in range(0, n, size):
+        yield lo, min(n, lo + size)
+
+
+def seed(db: BenchDb, vault: Vault, rows: int, hmac_secret: str, distinct: int | None) -> float:
+    """Seed ``rows`` old-scheme rows into the pristine table; returns the seconds it took.
+
+    ``distinct``: encrypt only that many distinct rows and repeat their ciphertexts (old-scheme
+    ciphertexts need not be unique); None: every row is distinct.
+    """
+    started = time.monotonic()
+    salt = secrets.token_hex(3)
+    n_distinct = rows if distinct is None else min(rows, distinct)
+    with psycopg.connect(conninfo(db.url)) as conn:
+        for lo, hi in _chunks(n_distinct, 20_000):
+            plain = [plaintexts(i, salt) for i in range(lo, hi)]
+            cols = [vault.encrypt_old([p[j] for p in plain]) for j in range(len(COLUMNS))]
+            emails_hmac = [hmac_hex(hmac_secret, p[0]) for p in plain]
+            del plain
+            records = list(zip(cols[0], emails_hmac, cols[1], cols[2], strict=True))
+            repeats = range(lo, rows, n_distinct) if distinct is not None else range(lo, lo + 1)
+            with (
+                conn.cursor() as cur,
+                cur.copy(
+                    f"COPY {PRISTINE} (id, email, email_hmac, first_name, last_name) FROM STDIN"
+                ) as copy,
+            ):
+                for start in repeats:
+                    for rec in records[: min(len(records), rows - start)]:
+                        copy.write_row((uuid.uuid4(), *rec))
+            conn.commit()
+    db.vacuum(PRISTINE)
+    return time.monotonic() - started
+
+
+def verify_sample(db: BenchDb, vault: Vault, hmac_secret: str, sample: int = 200) -> int:
+    """Decrypt a sample of migrated rows with the new key; returns how many rows failed.
+
+    A row passes when every column decrypts with its context and the email matches its HMAC
+    companion. No value is printed.
+    """
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT email, email_hmac, first_name, last_name FROM users "
+                "ORDER BY random() LIMIT :n"
+            ),
+            {"n": sample},
+        ).all()
+    emails = vault.decrypt_new("email", [r[0] for r in rows])
+    firsts = vault.decrypt_new("first_name", [r[2] for r in rows])
+    lasts = vault.decrypt_new("last_name", [r[3] for r in rows])
+    bad = 0
+    for r, e, f, la in zip(rows, emails, firsts, lasts, strict=True):
+        if e is None or f is None or la is None or hmac_hex(hmac_secret, e) != r[1]:
+            bad += 1
+    return bad

@@ -1,0 +1,513 @@
+"""The four measurements of issue 6, each on rows restored from the pristine copy.
+
+(a) :func:`engine_run`    ``alembic upgrade 0001_users`` as a subprocess (the CLI operators
+                          run), timed, with its peak RSS from ``os.wait4``.
+(b) :func:`baseline_run`  the original tool's shape: per value one decrypt and one encrypt
+                          request (hvac, no batch), one UPDATE (and commit) per row.
+(c) :func:`db_only_run`   the engine's keyset SELECT and compare-and-swap UPDATE (``_Db``) with
+                          its checkpoint, per batch, fed precomputed ciphertexts: no Vault.
+(d) :func:`vault_only_run` the engine's batch requests (``TransitClient.decrypt_batch`` then
+                          ``encrypt_batch`` per batch), back to back: no database.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import hvac
+import sqlalchemy as sa
+
+from app_models.reencrypt import (
+    Direction,
+    _Checkpointer,
+    _Db,
+    _Row,
+    ensure_checkpoint_table,
+)
+from app_models.settings import Secret, Settings
+from app_models.tables import context_string
+from app_models.transit import DecryptRequest, EncryptRequest, TransitClient
+from bench.fixture import (
+    COLUMNS,
+    MOUNT,
+    NEW_KEY,
+    OLD_KEY,
+    TABLE,
+    USERS_SPEC,
+    BenchDb,
+    Vault,
+    b64,
+    hmac_hex,
+)
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+REVISION: Final = "0001_users"
+
+
+@dataclass
+class Point:
+    """One measured figure. ``rows_per_s`` is what the ratios use."""
+
+    kind: str  # engine | baseline | db_only | vault_only | vault_only_parallel
+    latency_ms: float
+    rows: int
+    seconds: float
+    batch_size: int | None = None
+    workers: int | None = None
+    wall_seconds: float | None = None  # engine: the whole process, interpreter start included
+    vault_requests: int | None = None
+    vault_items: int | None = None
+    peak_rss_mb: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def requests_per_1k(self) -> float | None:
+        if self.vault_requests is None or not self.rows:
+            return None
+        return self.vault_requests * 1000 / self.rows
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["rows_per_s"] = round(self.rows_per_s, 1)
+        rq = self.requests_per_1k
+        d["vault_requests_per_1k_rows"] = None if rq is None else round(rq, 2)
+        d["seconds"] = round(self.seconds, 3)
+        if self.wall_seconds is not None:
+            d["wall_seconds"] = round(self.wall_seconds, 3)
+        return d
+
+
+@dataclass
+class Bench:
+    """Everything the measurements share."""
+
+    db: BenchDb
+    vault: Vault
+    hmac_secret: str
+    workdir: Path
+    verbose: bool = False
+
+    def env(self) -> dict[str, str]:
+        """Environment of the alembic subprocess (secrets travel here, never on argv)."""
+        return {
+            **os.environ,
+            "DATABASE_URL": self.db.url.render_as_string(hide_password=False),
+            "VAULT_ADDR": self.vault.addr,
+            "VAULT_TOKEN": self.vault.proc.token,
+            "VAULT_TRANSIT_MOUNT": MOUNT,
+            "VAULT_OLD_KEY": OLD_KEY,
+            "VAULT_NEW_KEY": NEW_KEY,
+            "ENCRYPTION_HMAC_SECRET": self.hmac_secret,
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
+            ),
+        }
+
+    def settings(self) -> Settings:
+        return Settings(
+            vault_addr=self.vault.addr,
+            vault_token=Secret(self.vault.proc.token),
+            transit_mount=MOUNT,
+            old_key=OLD_KEY,
+            new_key=NEW_KEY,
+            hmac_secret=Secret(self.hmac_secret),
+        )
+
+
+def alembic_argv() -> list[str]:
+    exe = Path(sys.executable).with_name("alembic")
+    if exe.exists():
+        return [str(exe)]
+    return [sys.executable, "-m", "alembic"]
+
+
+class EngineRunError(RuntimeError):
+    pass
+
+
+def engine_run(
+    b: Bench,
+    *,
+    rows: int,
+    batch_size: int,
+    workers: int,
+    latency_ms: float,
+    wrap: list[str] | None = None,
+) -> Point:
+    """(a): ``alembic -x batch-size=B -x workers=W upgrade 0001_users`` on ``rows`` fresh rows.
+
+    ``seconds`` is the engine's own time for the table (the report's ``seconds``);
+    ``wall_seconds`` the whole process. ``wrap`` prefixes the command (a profiler).
+    """
+    b.db.restore(rows)
+    b.vault.latency(latency_ms)
+    b.vault.reset_stats()
+    report = b.workdir / f"report-{time.monotonic_ns()}.json"
+    log_path = b.workdir / "alembic.log"
+    argv = [
+        *(wrap or []),
+        *alembic_argv(),
+        "-c",
+        str(ROOT / "alembic.ini"),
+        "-x",
+        f"batch-size={batch_size}",
+        "-x",
+        f"workers={workers}",
+        "-x",
+        f"report={report}",
+        "upgrade",
+        REVISION,
+    ]
+    with open(log_path, "wb") as log:
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, cwd=ROOT, env=b.env(), stdout=log, stderr=subprocess.STDOUT)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    stats = b.vault.stats()
+    b.vault.latency(0)
+    if proc.returncode != 0:
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise EngineRunError(f"alembic exited {proc.returncode}:\n{tail}")
+    rep = json.loads(report.read_text())
+    report.unlink()
+    table = next(t for t in rep["tables"] if t["table"] == TABLE)
+    migrated = sum(c["migrated"] for c in table["columns"].values())
+    failed = sum(c["failed"] for c in table["columns"].values())
+    if table["rows_scanned"] != rows or migrated != rows * len(COLUMNS) or failed:
+        raise EngineRunError(
+            f"engine run incomplete: {table['rows_scanned']} rows scanned, {migrated} values "
+            f"migrated, {failed} failed (expected {rows} rows, {rows * len(COLUMNS)} values)"
+        )
+    return Point(
+        kind="engine",
+        latency_ms=latency_ms,
+        rows=rows,
+        seconds=float(table["seconds"]),
+        batch_size=batch_size,
+        workers=workers,
+        wall_seconds=wall,
+        vault_requests=int(stats["total_requests"]),
+        vault_items=_items(stats),
+        # ru_maxrss is in KiB on Linux. With a wrapper this is the wrapper's peak, not alembic's.
+        peak_rss_mb=usage.ru_maxrss / 1024 if not wrap else None,
+        extra={
+            "engine_vault_requests": table["vault_requests"],
+            "batches": table["batches"],
+            "changed_concurrently": table["changed_concurrently"],
+            "user_cpu_s": round(usage.ru_utime, 3),
+            "system_cpu_s": round(usage.ru_stime, 3),
+        },
+    )
+
+
+def _items(stats: dict[str, Any]) -> int:
+    items = stats.get("items", {})
+    return sum(int(v) for v in items.values()) if isinstance(items, dict) else 0
+
+
+def baseline_run(b: Bench, *, rows: int, latency_ms: float) -> Point:
+    """(b): the original tool: per value one decrypt and one encrypt request, per row one UPDATE.
+
+    One hvac client (keep-alive session, no batch_input), one database connection, each row's
+    UPDATE committed on its own.
+    """
+    b.db.restore(rows)
+    client = hvac.Client(url=b.vault.addr, token=b.vault.proc.token, timeout=60)
+    contexts = {c: b64(context_string(TABLE, c)) for c in COLUMNS}
+    update = sa.text(
+        "UPDATE users SET email = :email, first_name = :first_name, last_name = :last_name "
+        "WHERE id = :id"
+    )
+    transit = client.secrets.transit
+    b.vault.latency(latency_ms)
+    b.vault.reset_stats()
+    vault_s = db_s = 0.0
+    started = time.monotonic()
+    with b.db.engine.connect() as conn:
+        with conn.begin():
+            result = conn.execute(
+                sa.text("SELECT id, email, email_hmac, first_name, last_name FROM users")
+            ).all()
+        for pk, email, email_hmac, first, last in result:
+            t0 = time.monotonic()
+            new: dict[str, Any] = {"id": pk}
+            for col, ct in (("email", email), ("first_name", first), ("last_name", last)):
+                if ct is None:
+                    new[col] = None
+                    continue
+                pt = transit.decrypt_data(name=OLD_KEY, ciphertext=ct, mount_point=MOUNT)
+                pt_b64 = pt["data"]["plaintext"]
+                if col == "email" and email_hmac is not None:
+                    text = base64.b64decode(pt_b64).decode("utf-8")
+                    if hmac_hex(b.hmac_secret, text) != email_hmac:
+                        raise RuntimeError("baseline: HMAC verification failed")
+                enc = transit.encrypt_data(
+                    name=NEW_KEY, plaintext=pt_b64, context=contexts[col], mount_point=MOUNT
+                )
+                new[col] = enc["data"]["ciphertext"]
+            t1 = time.monotonic()
+            vault_s += t1 - t0
+            with conn.begin():
+                conn.execute(update, new)
+            db_s += time.monotonic() - t1
+    seconds = time.monotonic() - started
+    stats = b.vault.stats()
+    b.vault.latency(0)
+    client.adapter.close()
+    return Point(
+        kind="baseline",
+        latency_ms=latency_ms,
+        rows=rows,
+        seconds=seconds,
+        vault_requests=int(stats["total_requests"]),
+        vault_items=_items(stats),
+        extra={"vault_seconds": round(vault_s, 3), "update_commit_seconds": round(db_s, 3)},
+    )
+
+
+def db_only_run(b: Bench, *, rows: int, batch_size: int) -> Point:
+    """(c): the engine's read and write path with precomputed ciphertexts, no Vault.
+
+    Keyset SELECT on a reader connection, then per batch, on a writer connection and in one
+    transaction: the engine's timeouts, its compare-and-swap ``UPDATE ... FROM unnest(...)``, and
+    its checkpoint advance, as ``_TableRun._process_batch`` does them. Serial: one batch at a
+    time. The precomputed values are the engine's own output (kept after the first run (a)).
+    """
+    new_values = b.db.migrated_values()
+    b.db.restore(rows)
+    settings = b.settings()
+    engine = b.db.engine
+    db = _Db(USERS_SPEC, engine.dialect.name)
+    ensure_checkpoint_table(engine)
+    checkpointer = _Checkpointer("bench_db_only", Direction.UPGRADE, TABLE)
+    with engine.begin() as conn:
+        checkpointer.start(conn, None)
+    written_total = 0
+    started = time.monotonic()
+    with engine.connect() as reader, engine.connect() as writer:
+        last_pk: Any = None
+        seq = 0
+        while True:
+            with reader.begin():
+                db.set_timeouts(reader, settings)
+                result = reader.execute(db.select_after(last_pk, batch_size)).all()
+            if not result:
+                break
+            batch: list[_Row] = db.to_rows(result)
+            last_pk = batch[-1].pk
+            for r in batch:
+                vals = new_values[r.pk]
+                r.new = {c: v for c, v in zip(COLUMNS, vals, strict=True) if v is not None}
+            checkpointer.register(seq, last_pk)
+            with writer.begin():
+                db.set_timeouts(writer, settings)
+                written = db.write(writer, batch)
+                checkpointer.advance_in(writer, seq)
+            checkpointer.committed(seq)
+            written_total += len(written)
+            seq += 1
+    seconds = time.monotonic() - started
+    if written_total != rows:
+        raise RuntimeError(f"db-only run wrote {written_total} of {rows} rows")
+    return Point(
+        kind="db_only",
+        latency_ms=0,
+        rows=rows,
+        seconds=seconds,
+        batch_size=batch_size,
+        workers=1,
+        vault_requests=0,
+    )
+
+
+def _vault_batches(b: Bench, rows: int, batch_size: int) -> list[list[DecryptRequest]]:
+    cts = b.db.pristine_ciphertexts(rows)
+    return [
+        [DecryptRequest(ct, None) for row in cts[lo : lo + batch_size] for ct in row]
+        for lo in range(0, len(cts), batch_size)
+    ]
+
+
+def _vault_batch(
+    transit: TransitClient, reqs: list[DecryptRequest], version: int, contexts: list[str]
+) -> int:
+    """One batch as the engine sends it: a decrypt request, then an encrypt request."""
+    dec = transit.decrypt_batch(OLD_KEY, reqs)
+    enc = transit.encrypt_batch(
+        NEW_KEY,
+        [EncryptRequest(r.value or "", contexts[i % len(contexts)]) for i, r in enumerate(dec)],
+        key_version=version,
+    )
+    bad = sum(1 for r in dec if r.error) + sum(1 for r in enc if r.error)
+    if bad:
+        raise RuntimeError(f"vault-only run: {bad} items failed")
+    return len(reqs)
+
+
+def vault_only_run(
+    b: Bench, *, rows: int, batch_size: int, latency_ms: float, workers: int = 1
+) -> Point:
+    """(d): the engine's Vault requests for ``rows`` rows with no database.
+
+    Per batch of ``batch_size`` rows: one ``decrypt_batch`` (old key, every value of the batch)
+    then one ``encrypt_batch`` (new key, each value with its column's context, version pinned),
+    through :class:`TransitClient` as the engine uses it. ``workers=1``: back to back on one
+    client (the serial Vault cost); more: that many clients in flight.
+    """
+    batches = _vault_batches(b, rows, batch_size)
+    contexts = [context_string(TABLE, c) for c in COLUMNS]
+    settings = b.settings()
+    clients = [TransitClient.from_settings(settings) for _ in range(workers)]
+    info = clients[0].read_key(NEW_KEY)
+    assert info is not None
+    version = info.latest_version
+    b.vault.latency(latency_ms)
+    b.vault.reset_stats()
+    started = time.monotonic()
+    if workers == 1:
+        for reqs in batches:
+            _vault_batch(clients[0], reqs, version, contexts)
+    else:
+        local = threading.local()
+        pool_clients = list(clients)
+        lock = threading.Lock()
+
+        def work(reqs: list[DecryptRequest]) -> int:
+            client = getattr(local, "client", None)
+            if client is None:
+                with lock:
+                    client = pool_clients.pop()
+                local.client = client
+            return _vault_batch(client, reqs, version, contexts)
+
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(work, batches))
+    seconds = time.monotonic() - started
+    stats = b.vault.stats()
+    b.vault.latency(0)
+    for c in clients:
+        c.close()
+    return Point(
+        kind="vault_only" if workers == 1 else "vault_only_parallel",
+        latency_ms=latency_ms,
+        rows=rows,
+        seconds=seconds,
+        batch_size=batch_size,
+        workers=workers,
+        vault_requests=int(stats["total_requests"]),
+        vault_items=_items(stats),
+    )
+
+
+def py_spy() -> str | None:
+    """A py-spy executable: ``$PY_SPY``, next to this interpreter, or on PATH."""
+    env = os.environ.get("PY_SPY")
+    if env and Path(env).exists():
+        return env
+    local = Path(sys.executable).with_name("py-spy")
+    if local.exists():
+        return str(local)
+    return shutil.which("py-spy")
+
+
+def profile_run(
+    b: Bench, *, rows: int, batch_size: int, workers: int, latency_ms: float, out: Path
+) -> dict[str, str]:
+    """One engine run under py-spy (engine process and vaultdev); collapsed stacks in ``out``."""
+    spy = py_spy()
+    if spy is None:
+        raise RuntimeError("py-spy not found (set PY_SPY=/path/to/py-spy)")
+    out.mkdir(parents=True, exist_ok=True)
+    engine_out = out / "engine.txt"
+    vault_out = out / "vaultdev.txt"
+    vd = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--format",
+            "raw",
+            "--threads",
+            "--idle",
+            "-r",
+            "200",
+            "-o",
+            str(vault_out),
+            "--pid",
+            str(b.vault.proc.proc.pid),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)
+    try:
+        engine_run(
+            b,
+            rows=rows,
+            batch_size=batch_size,
+            workers=workers,
+            latency_ms=latency_ms,
+            wrap=[
+                spy,
+                "record",
+                "--format",
+                "raw",
+                "--threads",
+                "--idle",
+                "-r",
+                "200",
+                "-o",
+                str(engine_out),
+                "--subprocesses",
+                "--",
+            ],
+        )
+    finally:
+        vd.send_signal(2)  # SIGINT: py-spy writes its file and exits
+        try:
+            vd.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            vd.kill()
+    return {"engine": str(engine_out), "vaultdev": str(vault_out)}
+
+
+def summarize_profile(path: Path, top: int = 25) -> list[tuple[str, float, float]]:
+    """(function, self %, inclusive %) from py-spy's collapsed stacks, idle frames excluded."""
+    self_t: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        count = int(count_s)
+        frames = stack.split(";")
+        total += count
+        leaf = frames[-1]
+        self_t[leaf] = self_t.get(leaf, 0) + count
+        for f in set(frames[1:]):
+            incl[f] = incl.get(f, 0) + count
+    if not total:
+        return []
+    ranked = sorted(self_t.items(), key=lambda kv: -kv[1])[:top]
+    return [(f, 100 * c / total, 100 * incl.get(f, c) / total) for f, c in ranked]
+
+
+def tempdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="bench-"))

@@ -1,0 +1,442 @@
+"""Benchmark of the re-encryption engine, side by side with what bounds it (issue 6).
+
+Run from the repository root::
+
+    .venv/bin/python -m bench.run              # default: 100,000 rows, sweep, ~10 min on 2 cores
+    .venv/bin/python -m bench.run --quick      # smoke run: 2,000 rows, one point, < 30 s
+    .venv/bin/python -m bench.run --memory     # peak RSS at 10,000 vs 1,000,000 rows
+
+It starts its own vaultdev, creates a throwaway PostgreSQL database ``bench_<hex>`` (dropped at
+the end), seeds old-scheme rows shaped like ``users``, measures, prints a table and writes
+``bench/results.json`` (``--out``). See bench/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, Final
+
+import sqlalchemy as sa
+
+if __package__ in (None, ""):  # python bench/run.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app_models.settings import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS
+from bench.fixture import BenchDb, Vault, seed, verify_sample
+from bench.measure import (
+    ROOT,
+    Bench,
+    Point,
+    baseline_run,
+    db_only_run,
+    engine_run,
+    profile_run,
+    summarize_profile,
+    tempdir,
+    vault_only_run,
+)
+from vaultdev.process import start_vaultdev
+
+TARGETS: Final = {
+    "engine_vs_baseline_at_0ms": 30.0,
+    "engine_20ms_vs_0ms": 0.7,
+    "engine_vs_serial_limit_at_0ms": 0.6,
+    "memory_difference_mb": 50.0,
+}
+
+
+def _ints(raw: str) -> list[int]:
+    return [int(x) for x in raw.split(",") if x.strip()]
+
+
+def _floats(raw: str) -> list[float]:
+    return [float(x) for x in raw.split(",") if x.strip()]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    p.add_argument("--rows", type=int, default=100_000, help="rows of the main points (100000)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 2,000 rows, one point")
+    p.add_argument("--memory", action="store_true", help="peak RSS at --memory-rows sizes only")
+    p.add_argument("--memory-rows", type=_ints, default=[10_000, 1_000_000])
+    p.add_argument("--latencies", type=_floats, default=[0.0, 20.0], help="ms, e.g. 0,20")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="main points")
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="main points")
+    p.add_argument("--baseline-rows", type=int, default=2_000, help="(b) rows at latency 0")
+    p.add_argument(
+        "--baseline-rows-latency", type=int, default=200, help="(b) rows at a latency above 0"
+    )
+    p.add_argument("--sweep-rows", type=int, default=20_000, help="rows per sweep point")
+    p.add_argument("--sweep-batch-sizes", type=_ints, default=[100, 250, 500, 1000, 2000])
+    p.add_argument("--sweep-workers", type=_ints, default=[1, 2, 4, 8])
+    p.add_argument("--sweep-latencies", type=_floats, default=[0.0, 20.0])
+    p.add_argument("--no-sweep", action="store_true")
+    p.add_argument("--profile", type=Path, help="also profile one engine run with py-spy here")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    p.add_argument(
+        "--admin-url",
+        default=os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        help="a database URL on the server where bench_<hex> is created ($BENCH_ADMIN_URL)",
+    )
+    p.add_argument("--keep-db", action="store_true", help="do not drop the database (debugging)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rows = 2_000
+        args.latencies = [0.0]
+        args.baseline_rows = 200
+        args.no_sweep = True
+    return args
+
+
+# --------------------------------------------------------------------------------------------
+# reporting
+# --------------------------------------------------------------------------------------------
+
+_LABEL = {
+    "engine": "(a) engine: alembic upgrade",
+    "baseline": "(b) per-row baseline",
+    "db_only": "(c) database alone",
+    "vault_only": "(d) Vault alone, serial",
+    "vault_only_parallel": "(d') Vault alone, W clients",
+}
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(points: Sequence[Point], title: str) -> str:
+    head = (
+        f"{'measurement':<30} {'lat ms':>6} {'batch':>6} {'W':>3} {'rows':>9} {'s':>8} "
+        f"{'rows/s':>9} {'req/1k':>7} {'RSS MB':>7}"
+    )
+    lines = [title, head, "-" * len(head)]
+    for pt in points:
+        lines.append(
+            f"{_LABEL.get(pt.kind, pt.kind):<30} {pt.latency_ms:>6.0f} "
+            f"{_fmt(pt.batch_size, 'd'):>6} {_fmt(pt.workers, 'd'):>3} {pt.rows:>9d} "
+            f"{pt.seconds:>8.2f} {pt.rows_per_s:>9.0f} {_fmt(pt.requests_per_1k, '.1f'):>7} "
+            f"{_fmt(pt.peak_rss_mb, '.0f'):>7}"
+        )
+    return "\n".join(lines)
+
+
+def _find(points: Sequence[Point], kind: str, latency: float) -> Point | None:
+    return next((p for p in points if p.kind == kind and p.latency_ms == latency), None)
+
+
+def ratios(main: Sequence[Point], latencies: Sequence[float]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    a0 = _find(main, "engine", 0.0)
+    b0 = _find(main, "baseline", 0.0)
+    c = _find(main, "db_only", 0.0)
+    if a0 and b0:
+        out["engine_vs_baseline_at_0ms"] = a0.rows_per_s / b0.rows_per_s
+    for lat in latencies:
+        a = _find(main, "engine", lat)
+        b = _find(main, "baseline", lat)
+        d = _find(main, "vault_only", lat)
+        tag = f"{lat:g}ms"
+        if lat and a and a0:
+            out[f"engine_{tag}_vs_0ms"] = a.rows_per_s / a0.rows_per_s
+        if lat and a and b:
+            out[f"engine_vs_baseline_at_{tag}"] = a.rows_per_s / b.rows_per_s
+        if a and c and d:
+            limit = 1 / (1 / c.rows_per_s + 1 / d.rows_per_s)
+            out[f"serial_limit_rows_per_s_at_{tag}"] = limit
+            out[f"engine_vs_serial_limit_at_{tag}"] = a.rows_per_s / limit
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def verdicts(r: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, target in TARGETS.items():
+        if name not in r:
+            continue
+        v = r[name]
+        ok = v <= target if name == "memory_difference_mb" else v >= target
+        op = "<=" if name == "memory_difference_mb" else ">="
+        lines.append(
+            f"  {name:<34} {v:>9.2f}   target {op} {target:<5g} {'PASS' if ok else 'MISS'}"
+        )
+    return lines
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_mb = None
+    try:
+        first = Path("/proc/meminfo").read_text().splitlines()[0]
+        mem_mb = int(first.split()[1]) // 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "app_models", "vaultdev", "migrations"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_mb": mem_mb,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "git_commit": commit,
+        "engine_tree_dirty": bool(dirty),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# the runs
+# --------------------------------------------------------------------------------------------
+
+
+def _step(msg: str) -> None:
+    print(f"[{dt.datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _timed(label: str, fn: Callable[[], Point]) -> Point:
+    _step(f"{label} ...")
+    pt = fn()
+    _step(
+        f"  {pt.rows} rows in {pt.seconds:.2f}s = {pt.rows_per_s:.0f} rows/s"
+        + (f", peak RSS {pt.peak_rss_mb:.0f} MB" if pt.peak_rss_mb else "")
+    )
+    return pt
+
+
+def main_points(b: Bench, args: argparse.Namespace) -> list[Point]:
+    n, bs, w = args.rows, args.batch_size, args.workers
+    pts: list[Point] = []
+    for i, lat in enumerate(args.latencies):
+        pts.append(
+            _timed(
+                f"(a) engine, {n} rows, batch {bs}, {w} workers, {lat:g} ms",
+                partial(engine_run, b, rows=n, batch_size=bs, workers=w, latency_ms=lat),
+            )
+        )
+        if i == 0:
+            bad = verify_sample(b.db, b.vault, b.hmac_secret)
+            if bad:
+                raise RuntimeError(f"{bad} sampled rows are not correctly migrated")
+            _step("  sample of migrated rows verified (new key + context, HMAC)")
+            b.db.keep_migrated()
+    pts.append(
+        _timed(f"(c) database alone, batch {bs}", partial(db_only_run, b, rows=n, batch_size=bs))
+    )
+    for lat in args.latencies:
+        pts.append(
+            _timed(
+                f"(d) Vault alone, serial, batch {bs}, {lat:g} ms",
+                partial(vault_only_run, b, rows=n, batch_size=bs, latency_ms=lat),
+            )
+        )
+        if w > 1:
+            pts.append(
+                _timed(
+                    f"(d') Vault alone, {w} clients, batch {bs}, {lat:g} ms",
+                    partial(vault_only_run, b, rows=n, batch_size=bs, latency_ms=lat, workers=w),
+                )
+            )
+    for lat in args.latencies:
+        rows = args.baseline_rows if lat == 0 else args.baseline_rows_latency
+        rows = min(rows, n)
+        pts.append(
+            _timed(
+                f"(b) per-row baseline, {rows} rows, {lat:g} ms",
+                partial(baseline_run, b, rows=rows, latency_ms=lat),
+            )
+        )
+    return pts
+
+
+def sweep_points(b: Bench, args: argparse.Namespace) -> list[Point]:
+    pts: list[Point] = []
+    n = min(args.sweep_rows, args.rows)
+    for lat in args.sweep_latencies:
+        for bs in args.sweep_batch_sizes:
+            for w in args.sweep_workers:
+                pts.append(
+                    _timed(
+                        f"sweep: engine, {n} rows, batch {bs}, {w} workers, {lat:g} ms",
+                        partial(engine_run, b, rows=n, batch_size=bs, workers=w, latency_ms=lat),
+                    )
+                )
+    return pts
+
+
+def sweep_table(pts: Sequence[Point]) -> str:
+    """rows/s per batch size (lines) and workers (columns), one block per latency."""
+    out = []
+    for lat in sorted({p.latency_ms for p in pts}):
+        at = [p for p in pts if p.latency_ms == lat]
+        ws = sorted({p.workers or 0 for p in at})
+        bss = sorted({p.batch_size or 0 for p in at})
+        out.append(f"rows/s at {lat:g} ms (lines: batch size, columns: workers)")
+        out.append(f"{'batch':>7} " + " ".join(f"{'W=' + str(w):>8}" for w in ws))
+        for bs in bss:
+            cells = []
+            for w in ws:
+                p = next((x for x in at if x.batch_size == bs and x.workers == w), None)
+                cells.append(f"{p.rows_per_s:>8.0f}" if p else f"{'-':>8}")
+            out.append(f"{bs:>7} " + " ".join(cells))
+        best = max(at, key=lambda p: p.rows_per_s)
+        out.append(f"best: batch {best.batch_size}, {best.workers} workers")
+    return "\n".join(out)
+
+
+def memory_points(b: Bench, args: argparse.Namespace) -> list[Point]:
+    pts = []
+    for n in args.memory_rows:
+        pts.append(
+            _timed(
+                f"memory: engine, {n} rows, batch {args.batch_size}, {args.workers} workers",
+                partial(
+                    engine_run,
+                    b,
+                    rows=n,
+                    batch_size=args.batch_size,
+                    workers=args.workers,
+                    latency_ms=0,
+                ),
+            )
+        )
+    return pts
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.monotonic()
+    result: dict[str, Any] = {
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "parameters": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+            if k not in ("admin_url", "out")
+        },
+        "targets": TARGETS,
+    }
+    workdir = tempdir()
+    admin = sa.make_url(args.admin_url)
+    if admin.drivername in ("postgresql", "postgres"):
+        admin = admin.set(drivername="postgresql+psycopg")
+    _step("starting vaultdev and creating the database")
+    with start_vaultdev() as vd:
+        db = BenchDb.create(admin)
+        try:
+            vault = Vault.setup(vd)
+            b = Bench(db, vault, "hmac-" + secrets.token_hex(16), workdir)
+            if args.memory:
+                seed_rows = max(args.memory_rows)
+                distinct: int | None = 5_000
+            else:
+                seed_rows = max(args.rows, args.baseline_rows)
+                distinct = None
+            r: dict[str, Any]
+            _step(f"seeding {seed_rows} old-scheme rows (not measured)")
+            secs = seed(db, vault, seed_rows, b.hmac_secret, distinct)
+            _step(f"  seeded in {secs:.1f}s")
+            result["seed_seconds"] = round(secs, 1)
+            if args.memory:
+                pts = memory_points(b, args)
+                result["memory"] = [p.as_dict() for p in pts]
+                rss = [p.peak_rss_mb or 0.0 for p in pts]
+                r = {"memory_difference_mb": round(max(rss) - min(rss), 1)}
+                result["ratios"] = r
+                print()
+                print(table(pts, "Peak resident memory of the migrating process"))
+            else:
+                main = main_points(b, args)
+                result["main"] = [p.as_dict() for p in main]
+                r = ratios(main, args.latencies)
+                a_pts = [p for p in main if p.kind == "engine"]
+                r["peak_rss_mb_engine"] = max(p.peak_rss_mb or 0.0 for p in a_pts)
+                sweep: list[Point] = []
+                if not args.no_sweep:
+                    sweep = sweep_points(b, args)
+                    result["sweep"] = [p.as_dict() for p in sweep]
+                    for lat in args.sweep_latencies:
+                        at = [p for p in sweep if p.latency_ms == lat]
+                        if at:
+                            best = max(at, key=lambda p: p.rows_per_s)
+                            r[f"sweep_best_at_{lat:g}ms"] = {
+                                "batch_size": best.batch_size,
+                                "workers": best.workers,
+                                "rows_per_s": round(best.rows_per_s, 1),
+                            }
+                result["ratios"] = r
+                print()
+                print(table(main, f"Main points ({args.rows} rows; (b) on a subset)"))
+                if sweep:
+                    print()
+                    print(table(sweep, f"Sweep ({min(args.sweep_rows, args.rows)} rows)"))
+                    print()
+                    print(sweep_table(sweep))
+            if args.profile:
+                _step(f"profiling one engine run with py-spy into {args.profile}")
+                n = min(args.rows, max(args.memory_rows)) if args.memory else args.rows
+                files = profile_run(
+                    b,
+                    rows=n,
+                    batch_size=args.batch_size,
+                    workers=args.workers,
+                    latency_ms=0,
+                    out=args.profile,
+                )
+                result["profile"] = {}
+                for name, path in files.items():
+                    top = summarize_profile(Path(path))
+                    result["profile"][name] = [
+                        {"function": f, "self_pct": round(s, 1), "inclusive_pct": round(i, 1)}
+                        for f, s, i in top
+                    ]
+        finally:
+            if args.keep_db:
+                _step(f"database {db.name} kept")
+            else:
+                db.drop()
+    result["total_seconds"] = round(time.monotonic() - started, 1)
+    print()
+    print("Ratios against the targets of issue 6:")
+    print("\n".join(verdicts(result["ratios"])))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nresults written to {args.out} ({result['total_seconds']:.0f}s in all)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
