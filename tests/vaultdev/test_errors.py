@@ -388,3 +388,55 @@ def test_create_existing_key_returns_it_unchanged(vault_client: Any, transit_mou
     again = t.create_key("same", derived=True, mount_point=transit_mount)["data"]
     assert again["derived"] is False
     assert again["keys"] == first["keys"]
+
+
+def test_convergent_v1_nonce_rules(vault_client: Any, transit_mount: str) -> None:
+    restore_known_key(
+        vault_client,
+        transit_mount,
+        "v1key",
+        derived=True,
+        convergent=True,
+        convergent_version=1,
+    )
+    short_nonce = base64.b64encode(bytes(8)).decode()
+    for nonce in (None, short_nonce):
+        with pytest.raises(exc.InvalidRequest) as info:
+            vault_client.secrets.transit.encrypt_data(
+                "v1key", PT, context=CTX, nonce=nonce, mount_point=transit_mount
+            )
+        assert errors_of(info.value) == [
+            "base64-decoded nonce must be 12 bytes long when using convergent encryption "
+            "with this key"
+        ]
+    nonce = base64.b64encode(bytes(12)).decode()
+    ct = vault_client.secrets.transit.encrypt_data(
+        "v1key", PT, context=CTX, nonce=nonce, mount_point=transit_mount
+    )["data"]["ciphertext"]
+    # v1 blobs carry no nonce prefix: 11 bytes of plaintext + 16 bytes of tag
+    assert len(base64.b64decode(ct.split(":")[2])) == 27
+    with pytest.raises(exc.InvalidRequest) as info:
+        vault_client.secrets.transit.decrypt_data(
+            "v1key", ct, context=CTX, mount_point=transit_mount
+        )
+    assert errors_of(info.value) == ["invalid convergent nonce supplied"]
+
+
+def test_hmac_key_type_cannot_encrypt(vault_client: Any, transit_mount: str) -> None:
+    vault_client.adapter.post(f"/v1/{transit_mount}/keys/mac", json={"type": "hmac"})
+    data = vault_client.secrets.transit.read_key("mac", mount_point=transit_mount)["data"]
+    assert data["type"] == "hmac"
+    assert data["supports_encryption"] is False
+    with pytest.raises(exc.InvalidRequest) as info:
+        vault_client.secrets.transit.encrypt_data("mac", PT, mount_point=transit_mount)
+    assert errors_of(info.value) == ["message encryption not supported for key type hmac"]
+    with pytest.raises(exc.InternalServerError) as info:
+        vault_client.adapter.post(
+            f"/v1/{transit_mount}/keys/mac2", json={"type": "hmac", "derived": True}
+        )
+    assert errors_of(info.value) == [
+        "1 error occurred:\n\t* key derivation and convergent encryption not supported for "
+        "keys of type hmac\n\n"
+    ]
+    mac = vault_client.secrets.transit.generate_hmac("mac", PT, mount_point=transit_mount)
+    assert mac["data"]["hmac"].startswith("vault:v1:")
