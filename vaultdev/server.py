@@ -18,8 +18,10 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import sys
 import threading
 import time
+import traceback
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -32,6 +34,7 @@ from vaultdev.errors import (
     Result,
     UserError,
     VaultError,
+    multierror,
     not_found_empty,
     permission_denied_acl,
     permission_denied_token,
@@ -229,8 +232,14 @@ class VaultHandler(BaseHTTPRequestHandler):
             if hdrs.get("expect", "").lower() == "100-continue":
                 self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self._dispatch()
-        except TimeoutError:
+        except (TimeoutError, ConnectionError):
             self.close_connection = True
+        except Exception as exc:  # a vaultdev bug: answer 500 rather than dropping the request
+            traceback.print_exc(file=sys.stderr)
+            with contextlib.suppress(OSError):
+                self._send_errors(
+                    500, [multierror(f"vaultdev internal error: {exc!r}")], close=True
+                )
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.state.verbose:
@@ -277,7 +286,13 @@ class VaultHandler(BaseHTTPRequestHandler):
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline(65537)
             return b"".join(chunks)
-        length = int(self.hdrs.get("content-length") or 0)
+        try:
+            length = int(self.hdrs.get("content-length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._send_errors(400, ["invalid Content-Length header"], close=True)
+            return None
         if length > MAX_REQUEST_SIZE:
             # Drain a moderately oversized body first so the client reads the 413 instead of
             # a connection reset, then close the connection.
