@@ -766,7 +766,12 @@ class TransitMount:
         p = self.policies.get(params["name"])
         if p is None:
             raise UserError("encryption key not found")
-        algorithm = params.get("urlalgorithm") or f.get_str("algorithm", "sha2-256") or "sha2-256"
+        algorithm = (
+            params.get("urlalgorithm")
+            or f.get_str("hash_algorithm")
+            or f.get_str("algorithm")
+            or "sha2-256"
+        )
         return p, algorithm
 
     def hmac(self, _op: str, params: dict[str, str], f: Fields) -> Result:
@@ -1027,7 +1032,7 @@ ROUTES: list[Route] = [
     ),
     _route(
         rf"hmac/{NAME}(?:/(?P<urlalgorithm>{SEG}))?",
-        {"input", "algorithm", "key_version", "batch_input"},
+        {"input", "algorithm", "hash_algorithm", "key_version", "batch_input"},
         update=M.hmac,
     ),
     _route(

@@ -286,3 +286,25 @@ def test_backup_round_trip_keeps_material(vault_client: Any, transit_mount: str)
     key = vault_client.secrets.transit.read_key("vec-rt2", mount_point=transit_mount)["data"]
     assert key["restore_info"]["version"] == 1
     assert key["kdf"] == "hkdf_sha256"
+
+
+def test_hvac_verify_signed_data_with_hmac(
+    vault_client: Any, transit_mount: str, hmac_key_name: str
+) -> None:
+    t = vault_client.secrets.transit
+    ok = t.verify_signed_data(
+        hmac_key_name,
+        PT,
+        hmac=HMAC_VECTORS["sha2-256"],
+        hash_algorithm="sha2-256",
+        mount_point=transit_mount,
+    )
+    assert ok["data"]["valid"] is True
+    bad = t.verify_signed_data(
+        hmac_key_name,
+        PT,
+        hmac=HMAC_VECTORS["sha2-256"],
+        hash_algorithm="sha2-512",
+        mount_point=transit_mount,
+    )
+    assert bad["data"]["valid"] is False
