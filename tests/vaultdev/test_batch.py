@@ -199,3 +199,24 @@ def test_batch_limit(vault_client: Any, transit_mount: str, vault_server: Any) -
         "big", batch_input=[{"plaintext": pt}] * 10000, mount_point=transit_mount
     )
     assert len(resp["data"]["batch_results"]) == 10000
+
+
+def test_associated_data_item_error_keeps_200(vault_client: Any, transit_mount: str) -> None:
+    # Vault quirk: a bad associated_data sets the item's error without marking a user error
+    vault_client.secrets.transit.create_key("aad", mount_point=transit_mount)
+    resp = vault_client.secrets.transit.encrypt_data(
+        "aad",
+        batch_input=[
+            {"plaintext": PT1, "associated_data": "YWFk", "reference": "ok"},
+            {"plaintext": PT1, "associated_data": "!!", "reference": "bad"},
+        ],
+        mount_point=transit_mount,
+    )
+    assert isinstance(resp, dict)
+    results = resp["data"]["batch_results"]
+    assert results[0]["ciphertext"].startswith("vault:v1:")
+    assert results[1] == {"reference": "bad", "error": "illegal base64 data at input byte 0"}
+    back = vault_client.secrets.transit.decrypt_data(
+        "aad", results[0]["ciphertext"], associated_data="YWFk", mount_point=transit_mount
+    )
+    assert back["data"]["plaintext"] == PT1
