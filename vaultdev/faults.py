@@ -17,7 +17,8 @@ Faults are set at runtime through ``PUT /_vaultdev/faults`` (root token) with a 
 The ``/_vaultdev/*`` endpoints themselves are never subject to faults.
 
 Statistics count every ``/v1/`` request by kind (``encrypt``, ``decrypt``, ``rewrap``, ``hmac``,
-``other``), the batch items processed per kind, and the faults injected.
+``other``), the batch items processed per kind, the response statuses, and the faults
+injected. A request answered by an injected error or drop counts only as a fault.
 """
 
 from __future__ import annotations
