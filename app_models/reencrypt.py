@@ -48,6 +48,7 @@ from app_models.errors import (
     PreflightError,
     RowError,
 )
+from app_models.progress import Progress, estimate_rows
 from app_models.settings import Settings
 from app_models.tables import context_string
 from app_models.transit import (
@@ -881,7 +882,14 @@ class _TableRun:
                 yield rows
 
     def _run_batches(self, last_pk: Any) -> None:
-        progress = _Progress(self.spec.name, self.run.progress_interval)
+        with self.engine.connect() as conn:
+            total = estimate_rows(conn, self.spec.name)
+        dry = ", dry run" if self.settings.dry_run else ""
+        label = f"{self.spec.name} ({self.direction.value}{dry})"
+        with Progress(label, total, interval=self.run.progress_interval) as progress:
+            self._run_with_progress(last_pk, progress)
+
+    def _run_with_progress(self, last_pk: Any, progress: Progress) -> None:
         in_flight: set[Future[BatchResult]] = set()
         error: BaseException | None = None
 
@@ -996,20 +1004,3 @@ class _TableRun:
                 self.checkpointer.committed(seq)
                 return result
         return result
-
-
-class _Progress:
-    """Periodic progress lines (a terminal progress bar is layered on by the reporting code)."""
-
-    def __init__(self, table: str, interval: float) -> None:
-        self.table = table
-        self.interval = interval
-        self.started = time.monotonic()
-        self.last = self.started
-
-    def update(self, rows: int) -> None:
-        now = time.monotonic()
-        if now - self.last >= self.interval:
-            self.last = now
-            rate = rows / max(now - self.started, 1e-9)
-            log.info("%s: %d rows processed (%.0f rows/s)", self.table, rows, rate)

@@ -25,7 +25,7 @@ from app_models.plan import check_table_filter, plan
 from app_models.reencrypt import RunContext
 from app_models.report import RunReport
 from app_models.settings import Settings, load_settings
-from app_models.transit import TransitClient
+from app_models.transit import TokenKeeper, TransitClient
 
 VERSION_TABLE = "alembic_version_encryption"
 
@@ -115,9 +115,17 @@ def run_migrations_online() -> None:
     settings = _settings()
     report = RunReport(settings)
     # A caller may hand in how Vault clients are made, as it may hand in a connection.
-    make_transit = config.attributes.get(TRANSIT_FACTORY_KEY, TransitClient.from_settings)
+    make_transit = config.attributes.get(TRANSIT_FACTORY_KEY)
+    keeper = TokenKeeper()  # one per run: every worker's client renews the same token
+
+    def transit_factory() -> TransitClient:
+        if make_transit is not None:
+            client: TransitClient = make_transit(settings)
+            return client
+        return TransitClient.from_settings(settings, keeper=keeper)
+
     config.attributes[RUNTIME_KEY] = RunContext(
-        settings=settings, transit_factory=lambda: make_transit(settings), on_summary=report.add
+        settings=settings, transit_factory=transit_factory, on_summary=report.add
     )
     try:
         _connect_and_run(settings)
