@@ -1,0 +1,307 @@
+"""``context-encryption``: operator commands beside the Alembic chain.
+
+``context-encryption verify [--tables users,invitations] [--sample N] [--json]``
+    Reads the database and Vault and reports, per table and column, how many values are in the
+    old scheme, the new scheme, NULL, plaintext or unreadable, and whether HMAC companions match.
+    Exit status: 0 when every value is in the scheme the current revision implies, 1 when not
+    (or on plaintext, unreadable values, HMAC mismatches), 2 when it could not verify.
+
+``context-encryption preflight [--direction upgrade|downgrade] [--tables ...] [--json]``
+    The checks ``alembic upgrade``/``downgrade`` make before the first row. Exit 0 or 1 (2: could
+    not run).
+
+Settings come from the same environment variables as the migration (``DATABASE_URL``,
+``VAULT_ADDR``, ``VAULT_TOKEN``, ...); each ``--name`` flag maps one to one onto the ``-x name``
+of the migration (``--db``, ``--vault-addr``, ``--vault-key``, ``--new-vault-key``, ...).
+Prefer the environment for ``VAULT_TOKEN`` and the HMAC secret: command lines are visible to
+other users of the machine. No value, plaintext, token or secret is ever printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, Final
+
+import sqlalchemy as sa
+
+from app_models.errors import ContextEncryptionError
+from app_models.preflight import (
+    PreflightReport,
+    check_database,
+    check_vault,
+    collect_preflight,
+)
+from app_models.settings import Settings, load_settings
+from app_models.tables import TABLE_NAMES
+from app_models.transit import TransitClient
+from app_models.verify import DEFAULT_MAX_IDS, VerifyReport, applied_tables, verify
+
+EXIT_OK: Final = 0
+EXIT_PROBLEMS: Final = 1
+EXIT_ERROR: Final = 2
+
+#: command-line flag -> -x name of the migration (values are validated by load_settings)
+_SETTING_FLAGS: Final = (
+    "db",
+    "vault-addr",
+    "vault-token",
+    "vault-namespace",
+    "vault-cacert",
+    "transit-mount",
+    "vault-key",
+    "new-vault-key",
+    "hmac-secret",
+    "tables",
+    "batch-size",
+)
+
+log = logging.getLogger("context_encryption")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group(
+        "settings (default: the environment variables of the migration)"
+    )
+    for flag in _SETTING_FLAGS:
+        group.add_argument(f"--{flag}", dest=flag.replace("-", "_"), metavar="VALUE")
+    common.add_argument("--json", action="store_true", help="print a JSON document")
+    common.add_argument(
+        "-v", "--verbose", action="store_true", help="log progress to stderr (INFO level)"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="context-encryption",
+        description="Operator commands of the context-encryption migrations.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    v = sub.add_parser(
+        "verify",
+        parents=[common],
+        help="report which scheme every value is in, against the current revision",
+        description="Exit 0 when every value is in the scheme the current revision implies, "
+        "1 when not, 2 when it could not verify. --sample N checks the first N rows of each "
+        "table by primary key (deterministic).",
+    )
+    v.add_argument("--sample", type=int, metavar="N", help="check only the first N rows per table")
+    v.add_argument(
+        "--max-ids",
+        type=int,
+        default=DEFAULT_MAX_IDS,
+        metavar="N",
+        help=f"failing primary keys listed per column (default {DEFAULT_MAX_IDS})",
+    )
+    p = sub.add_parser(
+        "preflight",
+        parents=[common],
+        help="the checks a migration makes before its first row",
+    )
+    p.add_argument("--direction", choices=("upgrade", "downgrade"), default="upgrade")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    x = {
+        flag: str(getattr(args, flag.replace("-", "_")))
+        for flag in _SETTING_FLAGS
+        if getattr(args, flag.replace("-", "_")) is not None
+    }
+    return load_settings(x, os.environ)
+
+
+def _transit(settings: Settings) -> TransitClient | None:
+    if not settings.vault_addr or settings.vault_token is None:
+        return None
+    return TransitClient.from_settings(settings)
+
+
+def _engine(settings: Settings) -> sa.Engine | None:
+    if settings.database_url is None:
+        return None
+    return sa.create_engine(settings.database_url, poolclass=sa.pool.NullPool, hide_parameters=True)
+
+
+# --------------------------------------------------------------------------------------------
+# output (the only place that prints)
+# --------------------------------------------------------------------------------------------
+
+
+def _emit(text: str) -> None:
+    print(text)
+
+
+def _error(text: str) -> None:
+    print(f"context-encryption: {text}", file=sys.stderr)
+
+
+def print_verify(report: VerifyReport, *, as_json: bool) -> None:
+    if as_json:
+        _emit(json.dumps(report.as_dict(), indent=2))
+        return
+    applied = applied_tables(report.revision)
+    new_tables = [t.table for t in report.tables if t.table in applied]
+    rev = report.revision or "base (nothing applied)"
+    _emit(
+        f"revision {rev}: new scheme expected for "
+        f"{', '.join(new_tables) or 'no table'}; old scheme for the others"
+    )
+    _emit(
+        f"keys: old {report.old_key!r}, new {report.new_key!r} on mount {report.transit_mount!r}; "
+        + ("all rows" if report.sample is None else f"first {report.sample} rows per table")
+        + ("" if report.hmac_checked else "; HMAC not checked (no ENCRYPTION_HMAC_SECRET)")
+    )
+    header = (
+        f"{'table.column':<36} {'expect':<6} {'rows':>7} {'old':>7} {'new':>7} {'null':>6} "
+        f"{'plain':>6} {'unread':>6}  {'hmac ok/bad/null':<18} result"
+    )
+    _emit(header)
+    _emit("-" * len(header))
+    problems: list[str] = []
+    for t in report.tables:
+        if not t.exists:
+            _emit(f"{t.table:<36} {t.expected:<6} table does not exist")
+            problems.append(f"{t.table}: the table does not exist")
+            continue
+        for c in t.columns:
+            if c.companion is None:
+                hm = "-"
+            elif not report.hmac_checked:
+                hm = "not checked"
+            else:
+                hm = f"{c.hmac_match}/{c.hmac_mismatch}/{c.hmac_null}"
+            _emit(
+                f"{t.table + '.' + c.column:<36} {t.expected:<6} {t.rows_checked:>7} "
+                f"{c.old_scheme:>7} {c.new_scheme:>7} {c.null:>6} {c.plaintext:>6} "
+                f"{c.unreadable:>6}  {hm:<18} {'ok' if c.problems == 0 else 'PROBLEM'}"
+            )
+            if c.problems:
+                reasons = ", ".join(f"{n} {r}" for r, n in sorted(c.reasons.items()))
+                problems.append(
+                    f"{t.table}.{c.column}: {reasons}; ids: {', '.join(c.failing_ids)}"
+                    + (" ..." if c.problems > len(c.failing_ids) else "")
+                )
+        if t.in_progress:
+            problems.append(
+                f"{t.table}: a migration of this table was interrupted (checkpoint present); "
+                "re-run the alembic command to finish it"
+            )
+    if problems:
+        _emit("")
+        _emit("problems:")
+        for line in problems:
+            _emit(f"  {line}")
+    _emit("")
+    if report.ok:
+        _emit(f"OK: every value checked is in the scheme revision {rev} implies")
+    else:
+        _emit(f"NOT OK: {report.problems} problem value(s) for revision {rev}")
+
+
+def print_preflight(report: PreflightReport, *, as_json: bool) -> None:
+    if as_json:
+        _emit(json.dumps(report.as_dict(), indent=2))
+        return
+    for c in report.checks:
+        _emit(f"{'ok  ' if c.ok else 'FAIL'} {c.name:<14} {c.detail}")
+    for w in report.warnings:
+        _emit(f"warn {'':<14} {w}")
+    if not report.ok:
+        _emit("")
+        _emit(report.message())
+
+
+# --------------------------------------------------------------------------------------------
+# commands
+# --------------------------------------------------------------------------------------------
+
+
+def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    if args.sample is not None and args.sample < 1:
+        _error("--sample must be at least 1")
+        return EXIT_ERROR
+    engine = _engine(settings)
+    transit = _transit(settings)
+    try:
+        # the quick checks first, so an unreachable database or Vault gets a clear message
+        scope = settings.tables or TABLE_NAMES
+        pre = PreflightReport("upgrade", tuple(scope))
+        if engine is None:
+            pre.add("database", False, "no database URL", "set DATABASE_URL (or --db ...)")
+        else:
+            check_database(pre, engine)
+        if transit is None or not settings.vault_addr:
+            pre.add(
+                "vault",
+                False,
+                "no Vault address or token",
+                "set VAULT_ADDR and VAULT_TOKEN (or --vault-addr ...)",
+            )
+        else:
+            check_vault(pre, transit, settings.vault_addr)
+        if not pre.ok or engine is None or transit is None:
+            _error(pre.message().replace("preflight failed", "cannot verify", 1))
+            return EXIT_ERROR
+        report = verify(
+            settings,
+            engine=engine,
+            transit=transit,
+            sample=args.sample,
+            batch_size=settings.batch_size,
+            max_ids=max(0, args.max_ids),
+        )
+    finally:
+        if transit is not None:
+            transit.close()
+        if engine is not None:
+            engine.dispose()
+    print_verify(report, as_json=args.json)
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+def _cmd_preflight(args: argparse.Namespace, settings: Settings) -> int:
+    engine = _engine(settings)
+    transit = _transit(settings)
+    try:
+        report = collect_preflight(
+            settings,
+            direction=args.direction,
+            tables=settings.tables or TABLE_NAMES,
+            transit=transit,
+            engine=engine,
+        )
+    finally:
+        if transit is not None:
+            transit.close()
+        if engine is not None:
+            engine.dispose()
+    print_preflight(report, as_json=args.json)
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = _settings(args)
+        commands: dict[str, Any] = {"verify": _cmd_verify, "preflight": _cmd_preflight}
+        return int(commands[args.command](args, settings))
+    except ContextEncryptionError as exc:
+        _error(str(exc))
+        return EXIT_ERROR
+    except sa.exc.SQLAlchemyError as exc:
+        orig = getattr(exc, "orig", None) or exc
+        _error(f"database error ({type(orig).__name__}); nothing was changed")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
