@@ -55,6 +55,8 @@ from app_models.transit import (
     AUTH_FAILED,
     MAX_STRING_BYTES,
     MISSING_CONTEXT,
+    NO_PREFIX,
+    TOO_OLD,
     DecryptRequest,
     EncryptRequest,
     TransitClient,
@@ -309,6 +311,17 @@ def _explain(source_error: str, source: Scheme, target: Scheme) -> str:
             f"cannot be decrypted with {source.describe()} nor with {target.describe()} "
             "(cipher: message authentication failed): another key, another context, or a "
             "damaged value"
+        )
+    if NO_PREFIX in source_error:
+        return (
+            "Vault says 'invalid ciphertext: no prefix': the value starts with 'vault:' but is "
+            "not Transit ciphertext; if the column holds plaintext see -x plaintext=encrypt|skip"
+        )
+    if TOO_OLD in source_error:
+        return (
+            f"its key version is below the minimum decryption version of {source.describe()} "
+            "(Vault: disallowed by policy (too old)); lower min_decryption_version with "
+            f"vault write <mount>/keys/{source.key}/config min_decryption_version=<n>"
         )
     return f"unreadable ciphertext: Vault says {source_error!r} for {source.describe()}"
 

@@ -43,6 +43,7 @@ MAX_REQUEST_BYTES: Final = 16 * 1_048_576  # half of Vault's 32 MiB, room for JS
 AUTH_FAILED: Final = "message authentication failed"
 MISSING_CONTEXT: Final = "missing 'context' for key derivation"
 NO_PREFIX: Final = "invalid ciphertext: no prefix"
+TOO_OLD: Final = "disallowed by policy (too old)"
 PERMISSION_DENIED: Final = "permission denied"
 
 log = logging.getLogger("context_encryption")
@@ -286,15 +287,21 @@ class TransitClient:
         with self._count_lock:
             self.requests += 1
 
-    def _call(self, what: str, fn: Any, /, **kw: Any) -> Any:
+    def _call(self, what: str, fn: Any, /, *, needs: str | None = None, **kw: Any) -> Any:
+        """Call an hvac method; ``needs`` is the ACL path and capability, for the error."""
         self.keeper.check(self._client)
         self._count()
         try:
             return fn(**kw)
         except hvac.exceptions.Forbidden:
+            policy = (
+                f" The token's policy needs:\n  {needs}"
+                if needs
+                else " (see README, 'Vault policy')"
+            )
             raise VaultRequestError(
                 f"Vault answered 'permission denied' to {what}: the token lacks a capability "
-                "on that path (see README, 'Vault policy')"
+                f"on that path, or has expired.{policy}"
             ) from None
         except (hvac.exceptions.VaultDown, hvac.exceptions.BadGateway) as exc:
             raise VaultUnavailableError(
@@ -315,6 +322,7 @@ class TransitClient:
             resp = self._call(
                 f"reading key {name!r}",
                 self._client.secrets.transit.read_key,
+                needs=f'path "{self.mount}/keys/{name}" {{ capabilities = ["read"] }}',
                 name=name,
                 mount_point=self.mount,
             )
@@ -360,6 +368,7 @@ class TransitClient:
             results = self._batch(
                 f"decrypt with key {key!r}",
                 self._client.secrets.transit.decrypt_data,
+                needs=f'path "{self.mount}/decrypt/{key}" {{ capabilities = ["update"] }}',
                 name=key,
                 batch_input=batch,
                 mount_point=self.mount,
@@ -390,6 +399,7 @@ class TransitClient:
             results = self._batch(
                 f"encrypt with key {key!r}",
                 self._client.secrets.transit.encrypt_data,
+                needs=f'path "{self.mount}/encrypt/{key}" {{ capabilities = ["update"] }}',
                 name=key,
                 batch_input=batch,
                 mount_point=self.mount,
