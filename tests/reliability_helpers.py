@@ -122,7 +122,7 @@ def run_inprocess(
 
 
 def table_summary(report: dict[str, Any], table: str) -> dict[str, Any]:
-    found = [t for t in report["tables"] if t["table"] == table]
+    found: list[dict[str, Any]] = [t for t in report["tables"] if t["table"] == table]
     assert found, f"no summary of {table} in the report"
     return found[-1]
 

@@ -1,0 +1,331 @@
+"""Concurrent writers (issue 5, point 2): the application keeps writing while a table migrates.
+
+While ``alembic upgrade 0002_invitations`` runs as a subprocess, writer threads (each on its own
+connection, with a short ``lock_timeout``) insert, update and delete rows of ``invitations``,
+writing values in the old scheme, the new scheme and NULL, with matching HMAC companions, as an
+application mid-rollout would. One writer keeps a hot set of rows changing so that the
+migration's compare-and-swap certainly meets changed rows. The latest value written to each row
+is recorded (rows are partitioned between writers, so the recorded order is the commit order).
+
+Afterwards:
+
+* every row holds the latest value written to it (no lost update): its ciphertext decrypts,
+  under one of the two schemes, to the latest plaintext; NULL stays NULL; deleted rows are gone;
+* values written in the new scheme are still there byte for byte, and rows no writer touched
+  were migrated (the migration handled them; nothing reverted them); an old-scheme value
+  written after the migration passed its row may legitimately remain in the old scheme;
+* the report's ``changed_concurrently`` counts rows that changed under the migration (at least
+  one, at most the number of updates and deletes that ran during it);
+* no writer ever waited for a lock longer than its ``lock_timeout``, and a sampler of
+  ``pg_locks`` shows the migration never held a row-modifying lock on the table for longer than
+  a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from app_models.tables import metadata
+from tests.migration_fixtures import Migration
+from tests.reliability_helpers import checkpoints, popen_alembic, table_summary
+from tests.seeding import hmac_hex, read_table, sample_rows, seed
+from tests.vault_fixtures import FaultHandle
+
+invitations = metadata.tables["invitations"]
+COLUMNS = ("email", "token")
+WRITER_APP = "reliability-writer"
+LOCK_TIMEOUT_MS = 1000
+
+
+@dataclass
+class Pool:
+    """Pre-encrypted values, so writers never wait for Vault."""
+
+    plains: list[str]
+    old: dict[str, list[str]]  # column -> ciphertexts (old scheme), same order as plains
+    new: dict[str, list[str]]  # column -> ciphertexts (new scheme)
+
+
+@dataclass
+class Written:
+    plain: str | None
+    scheme: str  # "old", "new" or "null"
+    ciphertext: str | None
+
+
+@dataclass
+class Log:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    latest: dict[Any, dict[str, Written]] = field(default_factory=dict)
+    deleted: set[Any] = field(default_factory=set)
+    ops: dict[str, int] = field(default_factory=lambda: {"insert": 0, "update": 0, "delete": 0})
+    ops_during: dict[str, int] = field(
+        default_factory=lambda: {"insert": 0, "update": 0, "delete": 0}
+    )
+    lock_timeouts: int = 0
+    longest_write: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+def make_pool(m: Migration, n: int) -> Pool:
+    plains = [f"written by the app #{i} ({'é' if i % 2 else 'e'})" for i in range(n)]
+    plains[0] = ""  # the empty string is a value like any other
+    old = {c: m.vault.encrypt(m.vault.old_key, plains, [None] * n) for c in COLUMNS}
+    new = {c: m.vault.encrypt(m.vault.new_key, plains, [f"invitations.{c}"] * n) for c in COLUMNS}
+    return Pool(plains, old, new)
+
+
+def pick_values(
+    m: Migration, pool: Pool, rng: random.Random
+) -> tuple[dict[str, str | None], dict[str, Written]]:
+    values: dict[str, str | None] = {}
+    written: dict[str, Written] = {}
+    for c in COLUMNS:
+        scheme = rng.choices(("old", "new", "null"), weights=(45, 45, 10))[0]
+        if scheme == "null":
+            values[c] = values[f"{c}_hmac"] = None
+            written[c] = Written(None, "null", None)
+            continue
+        i = rng.randrange(len(pool.plains))
+        ct = (pool.old if scheme == "old" else pool.new)[c][i]
+        values[c] = ct
+        values[f"{c}_hmac"] = hmac_hex(m.hmac_secret, pool.plains[i])
+        written[c] = Written(pool.plains[i], scheme, ct)
+    return values, written
+
+
+def writer(
+    m: Migration,
+    pool: Pool,
+    log: Log,
+    mine: list[Any],
+    stop: threading.Event,
+    migrating: threading.Event,
+    seed_: int,
+    hot: bool,
+) -> None:
+    """Insert, update and delete rows of ``mine`` (this writer's partition) until ``stop``."""
+    rng = random.Random(seed_)
+    engine = sa.create_engine(
+        m.url,
+        poolclass=sa.pool.NullPool,
+        connect_args={
+            "application_name": WRITER_APP,
+            "options": f"-c lock_timeout={LOCK_TIMEOUT_MS}",
+        },
+    )
+    try:
+        with engine.connect() as conn:
+            while not stop.is_set():
+                op = "update" if hot else rng.choices(("update", "insert", "delete"), (6, 2, 1))[0]
+                if op != "insert" and not mine:
+                    op = "insert"
+                values, written = pick_values(m, pool, rng)
+                t0 = time.monotonic()
+                try:
+                    with conn.begin():
+                        if op == "insert":
+                            pk = conn.execute(
+                                sa.insert(invitations).values(**values).returning(invitations.c.id)
+                            ).scalar_one()
+                        else:
+                            pk = rng.choice(mine)
+                            if op == "update":
+                                conn.execute(
+                                    sa.update(invitations)
+                                    .where(invitations.c.id == pk)
+                                    .values(**values)
+                                )
+                            else:
+                                conn.execute(sa.delete(invitations).where(invitations.c.id == pk))
+                except sa.exc.OperationalError as exc:
+                    with log.lock:
+                        if "lock timeout" in str(exc).lower():
+                            log.lock_timeouts += 1
+                        else:
+                            log.errors.append(type(exc.orig).__name__)
+                    continue
+                took = time.monotonic() - t0
+                with log.lock:
+                    log.longest_write = max(log.longest_write, took)
+                    log.ops[op] += 1
+                    if migrating.is_set():
+                        log.ops_during[op] += 1
+                    if op == "delete":
+                        mine.remove(pk)
+                        log.deleted.add(pk)
+                        log.latest.pop(pk, None)
+                    else:
+                        if op == "insert":
+                            mine.append(pk)
+                        log.latest[pk] = written
+                if hot:
+                    time.sleep(0.002)
+    finally:
+        engine.dispose()
+
+
+def lock_sampler(m: Migration, stop: threading.Event, longest: list[float]) -> None:
+    """Longest time a non-writer transaction holding a row-modifying lock on the table has run."""
+    engine = sa.create_engine(m.url, poolclass=sa.pool.NullPool)
+    q = sa.text(
+        "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - a.xact_start)), 0) "
+        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.relation = 'invitations'::regclass AND l.mode = 'RowExclusiveLock' "
+        "AND l.granted AND a.application_name <> :writer AND a.pid <> pg_backend_pid()"
+    )
+    try:
+        with engine.connect() as conn:
+            while not stop.is_set():
+                with conn.begin():
+                    v = float(conn.execute(q, {"writer": WRITER_APP}).scalar_one())
+                longest[0] = max(longest[0], v)
+                time.sleep(0.005)
+    finally:
+        engine.dispose()
+
+
+def test_no_lost_update_while_the_application_writes(
+    migration: Migration, vault_faults: FaultHandle
+) -> None:
+    m = migration
+    seeded = seed(m.engine, m.vault, "invitations", sample_rows("invitations", 2400), m.hmac_secret)
+    pool = make_pool(m, 300)
+    m.upgrade("0001_users")  # users is empty; invitations is the table under test
+    vault_faults.set(latency_ms=10, latency_jitter_ms=4, paths=[f"{m.vault.mount}/"])
+
+    pks = sorted(seeded)
+    hot = pks[5::40]  # spread across every part of the table
+    rest = [pk for pk in pks if pk not in set(hot)]
+    parts: list[list[Any]] = [hot, rest[0::3], rest[1::3], rest[2::3]]
+    log = Log()
+    stop, migrating, sampler_stop = threading.Event(), threading.Event(), threading.Event()
+    longest_lock = [0.0]
+    threads = [
+        threading.Thread(
+            target=writer, args=(m, pool, log, part, stop, migrating, i, i == 0), daemon=True
+        )
+        for i, part in enumerate(parts)
+    ]
+    sampler = threading.Thread(target=lock_sampler, args=(m, sampler_stop, longest_lock))
+    report_path = m.tmp_path / "concurrent-report.json"
+
+    sampler.start()
+    for t in threads:
+        t.start()
+    time.sleep(0.3)  # the application is busy before the migration starts
+    proc = popen_alembic(
+        m,
+        "-x",
+        "batch-size=25",
+        "-x",
+        "workers=2",
+        "-x",
+        "on-error=skip",
+        "-x",
+        f"report={report_path}",
+        "upgrade",
+        "0002_invitations",
+    )
+    started = time.monotonic()
+    while proc.proc.poll() is None:
+        if not migrating.is_set() and any(
+            c["revision"] == "0002_invitations" for c in checkpoints(m.engine)
+        ):
+            migrating.set()
+        time.sleep(0.005)
+    migration_seconds = time.monotonic() - started
+    migrating.clear()
+    time.sleep(0.2)  # and keeps writing after it finished
+    stop.set()
+    for t in threads:
+        t.join(30)
+    sampler_stop.set()
+    sampler.join(30)
+    vault_faults.clear()
+
+    assert proc.proc.returncode == 0, proc.stderr
+    assert m.current() == "0002_invitations"
+    assert not log.errors, log.errors
+    report = json.loads(report_path.read_text())
+    summary = table_summary(report, "invitations")
+
+    # what every row must hold: the latest value written, else the seeded one
+    expected: dict[Any, dict[str, Written]] = {}
+    for pk, plain in seeded.items():
+        if pk in log.deleted:
+            continue
+        expected[pk] = {c: Written(plain[c], "seed", None) for c in COLUMNS}
+    expected.update(log.latest)
+    stored = read_table(m.engine, "invitations")
+    assert set(stored) == set(expected), "rows inserted or deleted by the application differ"
+
+    lost: list[str] = []
+    old_left: list[Any] = []
+    for c in COLUMNS:
+        readable: dict[Any, str | None] = {}
+        pks_c = [pk for pk in stored if stored[pk][c] is not None]
+        cts = [stored[pk][c] for pk in pks_c]
+        new_p = m.vault.decrypt(m.vault.new_key, cts, [f"invitations.{c}"] * len(cts))
+        idx = [i for i, p in enumerate(new_p) if p is None]
+        old_p = m.vault.decrypt(m.vault.old_key, [cts[i] for i in idx], [None] * len(idx))
+        old_by = dict(zip(idx, old_p, strict=True))
+        for i, pk in enumerate(pks_c):
+            readable[pk] = new_p[i] if new_p[i] is not None else old_by[i]
+            if new_p[i] is None:
+                old_left.append((pk, c))
+        for pk, want in expected.items():
+            w = want[c]
+            got = stored[pk][c]
+            if w.plain is None:
+                if got is not None:
+                    lost.append(f"{c} id={pk}: NULL was overwritten")
+                continue
+            if got is None or readable.get(pk) != w.plain:
+                lost.append(f"{c} id={pk}: latest {w.scheme} value lost")
+                continue
+            want_hmac = hmac_hex(m.hmac_secret, w.plain)
+            if stored[pk][f"{c}_hmac"] != want_hmac:
+                lost.append(f"{c} id={pk}: companion does not match")
+            if w.scheme == "new" and got != w.ciphertext:
+                lost.append(f"{c} id={pk}: a new-scheme value was rewritten")
+            if w.scheme in ("seed", "new") and (pk, c) in old_left:
+                lost.append(f"{c} id={pk}: left in (or reverted to) the old scheme")
+
+    failures = summary["failures"]
+    changing = {f["id"] for f in failures if "kept changing" in f["reason"]}
+    # an old-scheme value may remain old only where the app wrote it (after the migration
+    # passed the row), or where the row kept changing and was reported
+    for pk, c in old_left:
+        w = expected[pk][c]
+        if w.scheme != "old" and str(pk) not in changing:
+            lost.append(f"{c} id={pk}: old-scheme value the migration should have handled")
+
+    during = sum(log.ops_during.values())
+    print(
+        f"\nmigration {migration_seconds:.1f}s; application operations during it: "
+        f"{log.ops_during} ({during}); in all: {log.ops}; lost updates: {len(lost)}; "
+        f"changed_concurrently={summary['changed_concurrently']}, "
+        f"deleted_concurrently={summary['deleted_concurrently']}, "
+        f"reported as still changing: {len(changing)}; old-scheme values left by the app: "
+        f"{len(old_left)}; longest app write {log.longest_write * 1000:.0f} ms; longest "
+        f"migration lock hold seen {longest_lock[0] * 1000:.0f} ms"
+    )
+    assert not lost, f"{len(lost)} lost updates: {lost[:20]}"
+    assert all("kept changing" in f["reason"] for f in failures), failures
+    assert during >= 200, "too few concurrent operations to mean anything"
+    assert 1 <= summary["changed_concurrently"] <= log.ops["update"] + log.ops["delete"]
+    assert log.lock_timeouts == 0, "an application write timed out waiting for the migration"
+    assert log.longest_write < LOCK_TIMEOUT_MS / 1000
+    batch_seconds = summary["seconds"] / max(summary["batches"], 1)
+    assert longest_lock[0] < max(0.5, 5 * batch_seconds), (
+        f"the migration held row locks for {longest_lock[0]:.2f}s (a batch takes "
+        f"{batch_seconds:.3f}s)"
+    )
