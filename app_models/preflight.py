@@ -27,9 +27,11 @@ ciphertext *prefixes* are looked at, and rows are counted, never shown.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -100,10 +102,8 @@ class PreflightReport:
     def message(self) -> str:
         """All failures, each with its fix, as one operator-facing text."""
         fails = self.failures
-        head = (
-            f"preflight failed ({self.direction} of {', '.join(self.tables) or 'no table'}): "
-            f"{len(fails)} problem(s); nothing was changed"
-        )
+        scope = f" ({self.direction} of {', '.join(self.tables)})" if self.tables else ""
+        head = f"preflight failed{scope}: {len(fails)} problem(s); nothing was changed"
         parts = [head]
         for i, c in enumerate(fails, 1):
             text = f"{i}. [{c.name}] {c.detail}"
@@ -196,10 +196,24 @@ def _scrub(text: str, url: sa.URL) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def check_database(report: PreflightReport, engine: sa.Engine) -> bool:
-    url = engine.url
+Bind = sa.Engine | sa.Connection
+
+
+@contextlib.contextmanager
+def _connection(bind: Bind) -> Iterator[sa.Connection]:
+    """A connection of ``bind``: a new one for an Engine, the caller's own for a Connection
+    (used as is, inside whatever transaction it is in: preflight only reads)."""
+    if isinstance(bind, sa.Connection):
+        yield bind
+        return
+    with bind.connect() as conn:
+        yield conn
+
+
+def check_database(report: PreflightReport, engine: Bind) -> bool:
+    url = engine.engine.url
     try:
-        with engine.connect() as conn:
+        with _connection(engine) as conn:
             conn.execute(sa.text("SELECT 1"))
     except Exception as exc:
         orig = getattr(exc, "orig", None) or exc
@@ -280,19 +294,29 @@ def check_token(report: PreflightReport, transit: TransitClient, min_ttl: int) -
     renewable = bool(info.get("renewable"))
     uses = int(info.get("num_uses") or 0)
     policies = ", ".join(str(p) for p in info.get("policies") or [])
+    # a renewable token still cannot outlive its explicit_max_ttl
+    max_ttl = int(info.get("explicit_max_ttl") or 0)
+    created = int(info.get("creation_time") or 0)
+    cap = created + max_ttl - int(time.time()) if max_ttl and created else None
     ok = True
     if ttl == 0 and info.get("expire_time") in (None, ""):
         detail = f"valid, never expires (policies: {policies})"
     elif ttl >= min_ttl:
         detail = f"valid, {_duration(ttl)} left (policies: {policies})"
-    elif renewable:
+    elif renewable and (cap is None or cap >= min_ttl):
         detail = (
-            f"valid, only {_duration(ttl)} left but renewable: renew it for a long run "
-            f"(vault token renew) — the tool does not renew it (policies: {policies})"
+            f"valid, only {_duration(ttl)} left but renewable: the run renews it as it goes "
+            f"(policies: {policies})"
         )
         report.warnings.append(
-            f"the Vault token has only {_duration(ttl)} left (renewable); "
-            "renew it before a long run"
+            f"the Vault token has only {_duration(ttl)} left; it is renewable and the run "
+            "renews it, but a token with a longer TTL is safer for a long run"
+        )
+    elif renewable:
+        ok = False
+        detail = (
+            f"the token is renewable but its explicit_max_ttl ends in {_duration(max(cap or 0, 0))}"
+            "; a run that outlives it stops half-way"
         )
     else:
         ok = False
@@ -538,7 +562,7 @@ def check_versions(
     report: PreflightReport,
     *,
     settings: Settings,
-    engine: sa.Engine,
+    engine: Bind,
     transit: TransitClient | None,
     direction: DirectionName,
     tables: Sequence[str],
@@ -550,14 +574,14 @@ def check_versions(
     lo, hi = source.min_decryption_version, source.latest_version
     problems: list[str] = []
     too_old = False
-    with engine.connect() as conn:
+    with _connection(engine) as conn:
         inspector = sa.inspect(conn)
         for table in tables:
             if not inspector.has_table(table):
                 report.add(
                     "data versions",
                     False,
-                    f"table {table!r} does not exist in {_safe_url(engine.url)}",
+                    f"table {table!r} does not exist in {_safe_url(engine.engine.url)}",
                     "the migration does not create the application's tables: check DATABASE_URL, "
                     "or leave the table out (-x tables=...)",
                 )
@@ -629,7 +653,7 @@ def collect_preflight(
     direction: DirectionName | Any,
     tables: Iterable[str],
     transit: TransitClient | None,
-    engine: sa.Engine | None,
+    engine: Bind | None,
     min_token_ttl: int = DEFAULT_MIN_TOKEN_TTL,
     scan_data: bool = True,
 ) -> PreflightReport:
@@ -697,13 +721,16 @@ def run_preflight(
     direction: DirectionName | Any,
     tables: Sequence[str],
     transit: TransitClient | None,
-    engine: sa.Engine | None,
+    engine: Bind | None,
     min_token_ttl: int = DEFAULT_MIN_TOKEN_TTL,
 ) -> PreflightReport:
     """Check everything the run needs before its first row; raise :class:`PreflightError`.
 
     The error's message lists every failure with its fix. Returns the report when all pass
     (warnings, such as a short-lived renewable token, are logged).
+
+    ``engine`` may be the migration's own Connection (then it is only read from, in whatever
+    transaction it is in) or an Engine (a connection of its own is opened and closed).
     """
     report = collect_preflight(
         settings,
@@ -724,3 +751,14 @@ def run_preflight(
         "; ".join(f"{c.name}: {c.detail}" for c in report.checks),
     )
     return report
+
+
+def require_database(engine: sa.Engine) -> None:
+    """Raise :class:`PreflightError` (what is wrong, how to fix it) if ``engine`` cannot connect.
+
+    For ``migrations/env.py`` to call before it opens its own connection, so an unreachable
+    database gets the preflight's message instead of a driver traceback.
+    """
+    report = PreflightReport("upgrade", ())
+    if not check_database(report, engine):
+        raise PreflightError(report.message())

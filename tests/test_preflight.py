@@ -19,6 +19,7 @@ from app_models.preflight import (
     PreflightReport,
     collect_preflight,
     policy_hcl,
+    require_database,
     required_capabilities,
     run_preflight,
 )
@@ -188,8 +189,16 @@ def test_short_ttl_renewable_token_passes_with_a_warning(
         report = preflight(migration, vault_token=token)
     assert report.ok
     detail = next(c.detail for c in report.checks if c.name == "token")
-    assert "but renewable" in detail
-    assert any("renew it before a long run" in r.getMessage() for r in caplog.records)
+    assert "but renewable: the run renews it" in detail
+    assert any("the run renews it" in r.getMessage() for r in caplog.records)
+
+
+def test_renewable_token_capped_by_explicit_max_ttl(
+    migration: Migration, vault_client: Any
+) -> None:
+    token = child_token(vault_client, ["root"], ttl="2m", renewable=True, explicit_max_ttl="5m")
+    text = failure(migration, vault_token=token)
+    assert "[token] the token is renewable but its explicit_max_ttl ends in" in text
 
 
 def test_long_ttl_token_passes(migration: Migration, vault_client: Any) -> None:
@@ -343,3 +352,34 @@ def test_collect_without_vault_settings(migration: Migration) -> None:
         "detail": report.checks[0].detail,
         "fix": "",
     }
+
+
+def test_migration_connection_can_be_handed_in(migration: Migration) -> None:
+    """env.py may pass its own connection: preflight only reads, inside its transaction."""
+    seed(migration.engine, migration.vault, "users", sample_rows("users", 5), migration.hmac_secret)
+    settings = settings_of(migration)
+    transit = TransitClient.from_settings(settings)
+    try:
+        with migration.engine.connect() as conn, conn.begin():
+            report = run_preflight(
+                settings, direction="upgrade", tables=["users"], transit=transit, engine=conn
+            )
+            assert conn.in_transaction()
+            assert conn.execute(sa.text("SELECT 1")).scalar() == 1
+    finally:
+        transit.close()
+    assert report.ok
+    assert report.versions["users.email"]
+
+
+def test_require_database(migration: Migration) -> None:
+    require_database(migration.engine)
+    engine = sa.create_engine(
+        "postgresql+psycopg://postgres:pw-Hidden-1@127.0.0.1:1/x", poolclass=sa.pool.NullPool
+    )
+    with pytest.raises(PreflightError) as info:
+        require_database(engine)
+    text = str(info.value)
+    assert text.startswith("preflight failed: 1 problem(s)")
+    assert "postgres:***@127.0.0.1:1/x" in text
+    assert "pw-Hidden-1" not in text
