@@ -1,0 +1,378 @@
+"""Vault faults (issue 5, point 3), injected by vaultdev over real HTTP.
+
+* Latency, 429, 500, 503 and dropped connections on 5-10 % of requests: upgrade head and
+  downgrade base complete with correct data (urllib3's Retry, backoff with jitter).
+* An outage longer than the retry budget (every request 503, or vaultdev stopped altogether)
+  stops the run cleanly: a clear message, the revision unstamped, the checkpoint kept, and a
+  re-run after the outage resumes there and completes. These runs hand the engine a Vault client
+  built exactly as ``TransitClient.from_settings`` builds it, with urllib3's Retry from
+  ``build_retry`` but a shorter budget (the default one lasts about 50 s per request).
+* ``cipher: message authentication failed`` is a data fault: never retried (vaultdev's request
+  counters show exactly one source decrypt and one trial decrypt per batch).
+* A token that expires mid-run is renewed when renewable; otherwise the run stops cleanly,
+  resumable, and says the token expired.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import hvac
+import pytest
+from alembic.util import CommandError
+
+from app_models.tables import TABLE_NAMES
+from tests.migration_fixtures import NEW_KEY, OLD_KEY, Migration
+from tests.reliability_helpers import (
+    checkpoints,
+    run_alembic,
+    run_inprocess,
+    set_values,
+    small_retry_factory,
+    table_summary,
+)
+from tests.seeding import Vault, assert_scheme, read_table, sample_rows, seed
+from tests.vault_fixtures import FaultHandle, restore_known_key
+from vaultdev import control
+from vaultdev.process import VaultdevProcess, start_vaultdev
+
+SIZES = {"users": 400, "invitations": 500, "guest_orders": 150}
+
+
+def seed_all(m: Migration, sizes: dict[str, int] | None = None) -> dict[str, dict[Any, Any]]:
+    sizes = sizes or SIZES
+    return {
+        t: seed(m.engine, m.vault, t, sample_rows(t, sizes.get(t, 30)), m.hmac_secret)
+        for t in TABLE_NAMES
+    }
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    return t, errors
+
+
+def wait_for_batches(m: Migration, revision: str, n: int, t: threading.Thread) -> str:
+    """Wait until ``revision``'s checkpoint names a committed batch; return its last_pk."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        cps = [c for c in checkpoints(m.engine) if c["revision"] == revision]
+        if cps and cps[0]["last_pk"] is not None and cps[0]["batch_seq"] >= n - 1:
+            return str(cps[0]["last_pk"])
+        assert t.is_alive(), "the run ended before the fault could be injected"
+        time.sleep(0.005)
+    raise AssertionError("no progress")
+
+
+# --------------------------------------------------------------------------------------------
+# random faults on a fraction of requests
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_random_faults_upgrade_and_downgrade_complete(
+    migration: Migration, vault_faults: FaultHandle
+) -> None:
+    m = migration
+    data = seed_all(m)
+    vault_faults.reset_stats()
+    vault_faults.set(
+        latency_ms=1,
+        latency_jitter_ms=4,
+        error_rate=0.06,
+        error_statuses=[429, 500, 503],
+        drop_rate=0.03,
+        paths=[f"{m.vault.mount}/"],
+    )
+    up = run_alembic(m, "-x", "batch-size=10", "upgrade", "head")
+    assert up.proc.returncode == 0, up.stderr
+    mid = vault_faults.stats()
+    down = run_alembic(m, "-x", "batch-size=10", "downgrade", "base")
+    assert down.proc.returncode == 0, down.stderr
+    stats = vault_faults.stats()
+    vault_faults.clear()
+
+    assert m.current() is None
+    for t in TABLE_NAMES:
+        assert_scheme(m.engine, m.vault, t, data[t], "old", m.hmac_secret)
+    m.upgrade("head")
+    for t in TABLE_NAMES:
+        assert_scheme(m.engine, m.vault, t, data[t], "new", m.hmac_secret)
+
+    injected = stats["faults_injected"]
+    statuses = stats["statuses"]
+    print(
+        f"\nVault requests {stats['total_requests']} (upgrade {mid['total_requests']}); "
+        f"injected errors {injected['errors']} (statuses {statuses}), drops {injected['drops']}, "
+        f"delayed {injected['delayed']}: all survived"
+    )
+    assert injected["errors"] >= 10 and injected["drops"] >= 3
+    for s in ("429", "500", "503"):
+        assert statuses.get(s, 0) >= 1, f"no {s} was injected"
+
+
+# --------------------------------------------------------------------------------------------
+# outages longer than the retry budget
+# --------------------------------------------------------------------------------------------
+
+
+def test_outage_longer_than_retry_budget_stops_cleanly_and_resumes(
+    migration: Migration, vault_faults: FaultHandle
+) -> None:
+    m = migration
+    data = seed_all(m, {"users": 20, "invitations": 600})
+    m.upgrade("0001_users")
+    vault_faults.set(latency_ms=4, paths=[f"{m.vault.mount}/"])
+    factory = small_retry_factory(total=3)
+
+    t, errors = in_thread(
+        lambda: run_inprocess(m, "upgrade", "head", factory=factory, batch_size=20, workers=2)
+    )
+    wait_for_batches(m, "0002_invitations", 3, t)
+    vault_faults.set(next=[{"status": 503, "count": 5000}], paths=[f"{m.vault.mount}/"])
+    t.join(60)
+    assert not t.is_alive()
+    vault_faults.clear()
+
+    assert len(errors) == 1 and isinstance(errors[0], CommandError), errors
+    message = str(errors[0])
+    print(f"\noutage message: {message}")
+    assert "Vault is unavailable" in message or "cannot reach Vault" in message
+    assert "after retries" in message
+    assert "re-run" in message and "checkpoint" in message
+    assert m.reports[-1]["outcome"] == "failed"
+    assert m.current() == "0001_users", "a revision was stamped after an outage"
+    cps = [c for c in checkpoints(m.engine) if c["revision"] == "0002_invitations"]
+    assert len(cps) == 1 and cps[0]["last_pk"] is not None
+    resume_at = cps[0]["last_pk"]
+
+    report = m.upgrade("head", batch_size=20)
+    summary = table_summary(report, "invitations")
+    assert summary["resumed_after"] == resume_at
+    assert summary["rows_scanned"] == sum(1 for pk in data["invitations"] if pk > int(resume_at))
+    assert m.current() == "0007_consent_records"
+    for tname in TABLE_NAMES:
+        assert_scheme(m.engine, m.vault, tname, data[tname], "new", m.hmac_secret)
+
+
+@pytest.fixture
+def private_vault() -> Iterator[VaultdevProcess]:
+    """A vaultdev of this test's own, which the test may stop (vault_server is shared)."""
+    vd = start_vaultdev()
+    try:
+        yield vd
+    finally:
+        vd.stop()
+
+
+def _known_keys(client: Any) -> None:
+    restore_known_key(client, "transit", OLD_KEY, bytes(range(32)), bytes(range(32, 64)))
+    restore_known_key(
+        client,
+        "transit",
+        NEW_KEY,
+        bytes(range(64, 96)),
+        bytes(range(96, 128)),
+        derived=True,
+        convergent=True,
+    )
+
+
+def test_vault_stopped_mid_run_stops_cleanly_and_resumes_on_a_restarted_vault(
+    migration: Migration, private_vault: VaultdevProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = migration
+    client = hvac.Client(url=private_vault.addr, token=private_vault.token)
+    _known_keys(client)
+    vault = Vault(client, "transit", OLD_KEY, NEW_KEY)
+    monkeypatch.setenv("VAULT_ADDR", private_vault.addr)
+    monkeypatch.setenv("VAULT_TOKEN", private_vault.token)
+    monkeypatch.setenv("VAULT_TRANSIT_MOUNT", "transit")
+    data = seed(m.engine, vault, "users", sample_rows("users", 800), m.hmac_secret)
+    control.set_faults(private_vault.addr, private_vault.token, latency_ms=5)
+    factory = small_retry_factory(total=3)
+    t, errors = in_thread(
+        lambda: run_inprocess(m, "upgrade", "0001_users", factory=factory, batch_size=20)
+    )
+    wait_for_batches(m, "0001_users", 3, t)
+    private_vault.stop()
+    t.join(60)
+    assert not t.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], CommandError), errors
+    message = str(errors[0])
+    print(f"\nVault stopped: {message}")
+    assert "cannot reach Vault" in message and "re-run" in message
+    assert m.current() is None
+    cps = [c for c in checkpoints(m.engine) if c["revision"] == "0001_users"]
+    assert len(cps) == 1 and cps[0]["last_pk"] is not None
+
+    # Vault is back (same keys, restored from backup), the operator re-runs the same command
+    with start_vaultdev(root_token=private_vault.token) as again:
+        client2 = hvac.Client(url=again.addr, token=again.token)
+        _known_keys(client2)
+        monkeypatch.setenv("VAULT_ADDR", again.addr)
+        report = m.upgrade("0001_users", batch_size=20)
+        summary = table_summary(report, "users")
+        assert summary["resumed_after"] == cps[0]["last_pk"]
+        assert summary["rows_scanned"] < len(data)
+        assert m.current() == "0001_users"
+        assert_scheme(
+            m.engine,
+            Vault(client2, "transit", OLD_KEY, NEW_KEY),
+            "users",
+            data,
+            "new",
+            m.hmac_secret,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# a data fault is never retried
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("on_error", ["skip", "abort"])
+def test_authentication_failure_is_never_retried(
+    migration: Migration, vault_faults: FaultHandle, on_error: str
+) -> None:
+    m = migration
+    data = seed(m.engine, m.vault, "invitations", sample_rows("invitations", 30), m.hmac_secret)
+    pk = sorted(data)[7]
+    ct = read_table(m.engine, "invitations")[pk]["email"]
+    tampered = ct[:-8] + ("A" if ct[-8] != "A" else "B") + ct[-7:]
+    set_values(m, "invitations", pk, email=tampered)
+    m.upgrade("0001_users")
+    vault_faults.reset_stats()
+
+    if on_error == "skip":
+        report = m.upgrade("0002_invitations", on_error="skip", workers=1, batch_size=100)
+        summary = table_summary(report, "invitations")
+        assert summary["rows_failed"] == 1
+        assert "message authentication failed" in summary["failures"][0]["reason"]
+    else:
+        with pytest.raises(CommandError) as err:
+            m.upgrade("0002_invitations", workers=1, batch_size=100)
+        assert f"invitations.email id={pk}" in str(err.value)
+        assert "message authentication failed" in str(err.value)
+
+    stats = vault_faults.stats()
+    # one batch: decrypt with the old key (one item fails: 400), one trial decrypt of that item
+    # with the new key and context (fails: 400), one encrypt; nothing was sent twice
+    assert stats["requests"]["decrypt"] == 2, stats
+    assert stats["statuses"].get("400", 0) == 2, stats
+    assert stats["requests"]["encrypt"] <= 1, stats
+
+
+# --------------------------------------------------------------------------------------------
+# tokens that expire mid-run
+# --------------------------------------------------------------------------------------------
+
+
+def _child_token(m: Migration, *, renewable: bool, ttl: str) -> str:
+    resp = m.vault.client.auth.token.create(policies=["root"], ttl=ttl, renewable=renewable)
+    return str(resp["auth"]["client_token"])
+
+
+def _slow_users(m: Migration, vault_faults: FaultHandle, n: int = 900) -> dict[Any, Any]:
+    data = seed(m.engine, m.vault, "users", sample_rows("users", n), m.hmac_secret)
+    vault_faults.set(latency_ms=25, paths=[f"{m.vault.mount}/"])
+    return data
+
+
+def test_renewable_token_expiring_mid_run_is_renewed(
+    migration: Migration, vault_faults: FaultHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = migration
+    data = _slow_users(m, vault_faults)
+    token = _child_token(m, renewable=True, ttl="2s")
+    monkeypatch.setenv("VAULT_TOKEN", token)
+    started = time.monotonic()
+    report = m.upgrade("0001_users", batch_size=20, workers=1)
+    vault_faults.clear()
+    assert time.monotonic() - started > 3, "the run did not outlive the token's first TTL"
+    assert table_summary(report, "users")["rows_failed"] == 0
+    assert m.current() == "0001_users"
+    assert_scheme(m.engine, m.vault, "users", data, "new", m.hmac_secret)
+    # the same token carried the whole run: it was renewed
+    info = hvac.Client(url=m.env["VAULT_ADDR"], token=token).auth.token.lookup_self()
+    assert info["data"]["last_renewal_time"] > 0
+
+
+def _stops_cleanly_and_resumes(m: Migration, data: dict[Any, Any], message: str) -> None:
+    print(f"\n{message}")
+    assert m.current() is None
+    cps = [c for c in checkpoints(m.engine) if c["revision"] == "0001_users"]
+    assert len(cps) == 1 and cps[0]["last_pk"] is not None, "no batch committed before the stop"
+    assert m.reports[-1]["outcome"] == "failed"
+    # the operator re-runs with a good token: the run resumes where it stopped
+    report = m.upgrade("0001_users", batch_size=20, vault_token=m.env["VAULT_TOKEN"])
+    assert table_summary(report, "users")["resumed_after"] == cps[0]["last_pk"]
+    assert_scheme(m.engine, m.vault, "users", data, "new", m.hmac_secret)
+
+
+def test_non_renewable_token_expiring_mid_run_stops_cleanly_and_resumes(
+    migration: Migration, vault_faults: FaultHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = migration
+    data = _slow_users(m, vault_faults)
+    monkeypatch.setenv("VAULT_TOKEN", _child_token(m, renewable=False, ttl="3s"))
+    with pytest.raises(CommandError) as err:
+        m.upgrade("0001_users", batch_size=20, workers=2)
+    vault_faults.clear()
+    message = str(err.value)
+    assert "token" in message and "not renewable" in message
+    assert "resumes" in message
+    _stops_cleanly_and_resumes(m, data, message)
+
+
+def test_token_at_its_max_ttl_stops_cleanly_and_says_so(
+    migration: Migration, vault_faults: FaultHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = migration
+    data = _slow_users(m, vault_faults, 1500)
+    resp = m.vault.client.auth.token.create(
+        policies=["root"], ttl="2s", explicit_max_ttl="3s", renewable=True
+    )
+    monkeypatch.setenv("VAULT_TOKEN", resp["auth"]["client_token"])
+    with pytest.raises(CommandError) as err:
+        m.upgrade("0001_users", batch_size=20, workers=1)
+    vault_faults.clear()
+    message = str(err.value)
+    assert "token" in message and "resumes" in message
+    _stops_cleanly_and_resumes(m, data, message)
+
+
+def test_token_revoked_mid_run_stops_cleanly_and_says_so(
+    migration: Migration, vault_faults: FaultHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token that stops working before its TTL says (revoked, or expired on Vault's clock)."""
+    m = migration
+    data = _slow_users(m, vault_faults)
+    token = _child_token(m, renewable=True, ttl="1h")
+    monkeypatch.setenv("VAULT_TOKEN", token)
+    factory = small_retry_factory(total=2)
+    t, errors = in_thread(
+        lambda: run_inprocess(m, "upgrade", "0001_users", factory=factory, batch_size=20)
+    )
+    wait_for_batches(m, "0001_users", 2, t)
+    m.vault.client.auth.token.revoke(token)
+    t.join(60)
+    vault_faults.clear()
+    assert len(errors) == 1 and isinstance(errors[0], CommandError), errors
+    message = str(errors[0])
+    lowered = message.lower()
+    assert "token" in lowered
+    assert "expired" in lowered or "revoked" in lowered or "not valid" in lowered, message
+    _stops_cleanly_and_resumes(m, data, message)
