@@ -346,7 +346,8 @@ def process_rows(
 
     # 1. classify; collect ciphertexts to decrypt with the source scheme
     to_decrypt: list[tuple[_Row, ColumnSpec]] = []
-    to_encrypt: list[tuple[_Row, ColumnSpec, bytes, Outcome]] = []
+    # (row, column, plaintext bytes, base64 of them when Vault already gave it, outcome)
+    to_encrypt: list[tuple[_Row, ColumnSpec, bytes, str | None, Outcome]] = []
     for row in rows:
         for col in spec.columns:
             value = row.values[col.name]
@@ -357,7 +358,7 @@ def process_rows(
                     row.outcomes[col.name] = Outcome.PLAINTEXT_SKIPPED
                 elif settings.plaintext == "encrypt":
                     to_encrypt.append(
-                        (row, col, value.encode("utf-8"), Outcome.PLAINTEXT_ENCRYPTED)
+                        (row, col, value.encode("utf-8"), None, Outcome.PLAINTEXT_ENCRYPTED)
                     )
                 else:
                     fail(
@@ -409,10 +410,10 @@ def process_rows(
         except (binascii.Error, ValueError):
             fail(row, col.name, "Vault returned a plaintext that is not base64")
             continue
-        to_encrypt.append((row, col, raw, Outcome.MIGRATED))
+        to_encrypt.append((row, col, raw, b64, Outcome.MIGRATED))
 
-    checked: list[tuple[_Row, ColumnSpec, bytes, Outcome]] = []
-    for row, col, raw, outcome in to_encrypt:
+    checked: list[tuple[_Row, ColumnSpec, str, Outcome]] = []
+    for row, col, raw, b64_or_none, outcome in to_encrypt:
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -427,22 +428,23 @@ def process_rows(
                 if not hmac_matches(secret, raw, companion):
                     fail(row, col.name, f"HMAC verification failed (companion {col.hmac})")
                     continue
-        if (len(raw) + 2) // 3 * 4 > MAX_STRING_BYTES:
+        encoded = b64_or_none or base64.b64encode(raw).decode("ascii")
+        if len(encoded) > MAX_STRING_BYTES:
             fail(row, col.name, "value is larger than Vault's 1 MiB string limit once encoded")
             continue
-        checked.append((row, col, raw, outcome))
+        checked.append((row, col, encoded, outcome))
 
     # 4. re-encrypt with the target scheme, version pinned
     if checked:
         results = transit.encrypt_batch(
             target.key,
             [
-                EncryptRequest(base64.b64encode(raw).decode("ascii"), target.context(table, c.name))
-                for _r, c, raw, _o in checked
+                EncryptRequest(encoded, target.context(table, c.name))
+                for _r, c, encoded, _o in checked
             ],
             key_version=target_version,
         )
-        for (row, col, _raw, outcome), res in zip(checked, results, strict=True):
+        for (row, col, _encoded, outcome), res in zip(checked, results, strict=True):
             if res.error is None and res.value and res.value.startswith(VAULT_PREFIX):
                 row.new[col.name] = res.value
                 row.outcomes[col.name] = outcome
