@@ -70,6 +70,10 @@ class Point:
     vault_requests: int | None = None
     vault_items: int | None = None
     peak_rss_mb: float | None = None
+    #: CPU seconds of the measured client (the alembic process; the bench process for b, c, d)
+    client_cpu_s: float | None = None
+    #: CPU seconds vaultdev spent meanwhile
+    vaultdev_cpu_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -174,12 +178,18 @@ def engine_run(
         "upgrade",
         REVISION,
     ]
+    vault_cpu = proc_cpu_seconds(b.vault.proc.proc.pid)
+    load_before = os.getloadavg()[0]
     with open(log_path, "wb") as log:
         started = time.monotonic()
         proc = subprocess.Popen(argv, cwd=ROOT, env=b.env(), stdout=log, stderr=subprocess.STDOUT)
+        watcher = PeakRss(proc.pid)
         _pid, status, usage = os.wait4(proc.pid, 0)
         wall = time.monotonic() - started
+        peak_kib = watcher.stop()
         proc.returncode = os.waitstatus_to_exitcode(status)
+    vault_cpu = proc_cpu_seconds(b.vault.proc.proc.pid) - vault_cpu
+    load_after = os.getloadavg()[0]
     stats = b.vault.stats()
     b.vault.latency(0)
     if proc.returncode != 0:
@@ -205,16 +215,87 @@ def engine_run(
         wall_seconds=wall,
         vault_requests=int(stats["total_requests"]),
         vault_items=_items(stats),
-        # ru_maxrss is in KiB on Linux. With a wrapper this is the wrapper's peak, not alembic's.
-        peak_rss_mb=usage.ru_maxrss / 1024 if not wrap else None,
+        # With a wrapper (profiler) this would be the wrapper's peak, not alembic's.
+        peak_rss_mb=round(peak_kib / 1024, 1) if peak_kib and not wrap else None,
+        client_cpu_s=round(usage.ru_utime + usage.ru_stime, 3),
+        vaultdev_cpu_s=round(vault_cpu, 3),
         extra={
             "engine_vault_requests": table["vault_requests"],
             "batches": table["batches"],
             "changed_concurrently": table["changed_concurrently"],
-            "user_cpu_s": round(usage.ru_utime, 3),
-            "system_cpu_s": round(usage.ru_stime, 3),
+            "loadavg_1min_before_after": [round(load_before, 2), round(load_after, 2)],
         },
     )
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (``/proc/<pid>/stat``); 0 when unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class PeakRss:
+    """Polls ``VmHWM`` (the peak resident set of the process's own address space) of ``pid``.
+
+    ``ru_maxrss`` from ``wait4`` is not used: Linux folds the parent's peak at fork/exec time
+    into it, so a child of a large parent reports the parent's size. ``VmHWM`` belongs to the
+    address space ``exec`` created and only grows, so the last reading before exit is the peak
+    (short of growth in the last ``interval``).
+    """
+
+    def __init__(self, pid: int, interval: float = 0.01) -> None:
+        self._path = Path(f"/proc/{pid}/status")
+        self._cmdline = Path(f"/proc/{pid}/cmdline")
+        self._parent_cmdline = Path("/proc/self/cmdline").read_bytes()
+        self._exec_seen = False
+        self._interval = interval
+        self._stop = threading.Event()
+        self.peak_kib = 0
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            if not self._exec_seen:
+                # Until exec, the child runs in (a copy of) our address space: not its own peak.
+                if self._cmdline.read_bytes() == self._parent_cmdline:
+                    return
+                self._exec_seen = True
+            for line in self._path.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+                    return
+        except (OSError, ValueError):
+            pass
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._read()
+            self._stop.wait(self._interval)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_kib
+
+
+class _Cpu:
+    """Wall time, this process's CPU time and vaultdev's CPU time from now to :meth:`stop`."""
+
+    def __init__(self, b: Bench) -> None:
+        self._pid = b.vault.proc.proc.pid
+        self._vault = proc_cpu_seconds(self._pid)
+        self._own = time.process_time()
+        self._wall = time.monotonic()
+
+    def stop(self) -> tuple[float, float, float]:
+        wall = time.monotonic() - self._wall
+        own = time.process_time() - self._own
+        vault = proc_cpu_seconds(self._pid) - self._vault
+        return wall, round(own, 3), round(vault, 3)
 
 
 def _items(stats: dict[str, Any]) -> int:
@@ -239,7 +320,7 @@ def baseline_run(b: Bench, *, rows: int, latency_ms: float) -> Point:
     b.vault.latency(latency_ms)
     b.vault.reset_stats()
     vault_s = db_s = 0.0
-    started = time.monotonic()
+    cpu = _Cpu(b)
     with b.db.engine.connect() as conn:
         with conn.begin():
             result = conn.execute(
@@ -267,7 +348,7 @@ def baseline_run(b: Bench, *, rows: int, latency_ms: float) -> Point:
             with conn.begin():
                 conn.execute(update, new)
             db_s += time.monotonic() - t1
-    seconds = time.monotonic() - started
+    seconds, client_cpu, vault_cpu = cpu.stop()
     stats = b.vault.stats()
     b.vault.latency(0)
     client.adapter.close()
@@ -278,6 +359,8 @@ def baseline_run(b: Bench, *, rows: int, latency_ms: float) -> Point:
         seconds=seconds,
         vault_requests=int(stats["total_requests"]),
         vault_items=_items(stats),
+        client_cpu_s=client_cpu,
+        vaultdev_cpu_s=vault_cpu,
         extra={"vault_seconds": round(vault_s, 3), "update_commit_seconds": round(db_s, 3)},
     )
 
@@ -300,7 +383,7 @@ def db_only_run(b: Bench, *, rows: int, batch_size: int) -> Point:
     with engine.begin() as conn:
         checkpointer.start(conn, None)
     written_total = 0
-    started = time.monotonic()
+    cpu = _Cpu(b)
     with engine.connect() as reader, engine.connect() as writer:
         last_pk: Any = None
         seq = 0
@@ -323,7 +406,7 @@ def db_only_run(b: Bench, *, rows: int, batch_size: int) -> Point:
             checkpointer.committed(seq)
             written_total += len(written)
             seq += 1
-    seconds = time.monotonic() - started
+    seconds, client_cpu, _ = cpu.stop()
     if written_total != rows:
         raise RuntimeError(f"db-only run wrote {written_total} of {rows} rows")
     return Point(
@@ -334,6 +417,7 @@ def db_only_run(b: Bench, *, rows: int, batch_size: int) -> Point:
         batch_size=batch_size,
         workers=1,
         vault_requests=0,
+        client_cpu_s=client_cpu,
     )
 
 
@@ -380,7 +464,7 @@ def vault_only_run(
     version = info.latest_version
     b.vault.latency(latency_ms)
     b.vault.reset_stats()
-    started = time.monotonic()
+    cpu = _Cpu(b)
     if workers == 1:
         for reqs in batches:
             _vault_batch(clients[0], reqs, version, contexts)
@@ -399,7 +483,7 @@ def vault_only_run(
 
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(work, batches))
-    seconds = time.monotonic() - started
+    seconds, client_cpu, vault_cpu = cpu.stop()
     stats = b.vault.stats()
     b.vault.latency(0)
     for c in clients:
@@ -413,6 +497,8 @@ def vault_only_run(
         workers=workers,
         vault_requests=int(stats["total_requests"]),
         vault_items=_items(stats),
+        client_cpu_s=client_cpu,
+        vaultdev_cpu_s=vault_cpu,
     )
 
 

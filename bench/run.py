@@ -119,7 +119,7 @@ def _fmt(v: float | None, spec: str) -> str:
 def table(points: Sequence[Point], title: str) -> str:
     head = (
         f"{'measurement':<30} {'lat ms':>6} {'batch':>6} {'W':>3} {'rows':>9} {'s':>8} "
-        f"{'rows/s':>9} {'req/1k':>7} {'RSS MB':>7}"
+        f"{'rows/s':>9} {'req/1k':>7} {'RSS MB':>7} {'CPU s':>6} {'vd CPU':>6}"
     )
     lines = [title, head, "-" * len(head)]
     for pt in points:
@@ -127,7 +127,8 @@ def table(points: Sequence[Point], title: str) -> str:
             f"{_LABEL.get(pt.kind, pt.kind):<30} {pt.latency_ms:>6.0f} "
             f"{_fmt(pt.batch_size, 'd'):>6} {_fmt(pt.workers, 'd'):>3} {pt.rows:>9d} "
             f"{pt.seconds:>8.2f} {pt.rows_per_s:>9.0f} {_fmt(pt.requests_per_1k, '.1f'):>7} "
-            f"{_fmt(pt.peak_rss_mb, '.0f'):>7}"
+            f"{_fmt(pt.peak_rss_mb, '.0f'):>7} {_fmt(pt.client_cpu_s, '.1f'):>6} "
+            f"{_fmt(pt.vaultdev_cpu_s, '.1f'):>6}"
         )
     return "\n".join(lines)
 
