@@ -71,19 +71,8 @@ DROPPED_UNWRAPPED = pytest.mark.xfail(
 )
 
 
-@pytest.mark.parametrize(
-    "which",
-    [
-        pytest.param("all", marks=DROPPED_UNWRAPPED),
-        "one-worker",
-        pytest.param("reader", marks=DROPPED_UNWRAPPED),
-    ],
-)
-def test_dropped_connection_stops_cleanly_and_resumes(
-    migration: Migration, vault_faults: FaultHandle, which: str
-) -> None:
-    m = migration
-    data = seed_invitations(m, 1200)
+def drop_mid_run(m: Migration, vault_faults: FaultHandle, which: str) -> AlembicProcess:
+    """Start ``upgrade head`` and terminate connections of the migration once it is under way."""
     m.upgrade("0001_users")
     vault_faults.set(latency_ms=8, paths=[f"{m.vault.mount}/"])
     p = popen_alembic(m, "-x", "batch-size=20", "-x", "workers=2", "upgrade", "head")
@@ -100,16 +89,19 @@ def test_dropped_connection_stops_cleanly_and_resumes(
             time.sleep(0.002)
     p.wait(120)
     vault_faults.clear()
+    print(f"\nexit {p.proc.returncode}; stderr tail:\n{p.stderr[-1500:]}")
+    return p
 
-    err = p.stderr
-    print(f"\nexit {p.proc.returncode}; stderr tail:\n{err[-1500:]}")
+
+@pytest.mark.parametrize("which", ["all", "one-worker", "reader"])
+def test_dropped_connection_loses_nothing_and_rerun_resumes(
+    migration: Migration, vault_faults: FaultHandle, which: str
+) -> None:
+    m = migration
+    data = seed_invitations(m, 1200)
+    p = drop_mid_run(m, vault_faults, which)
     assert p.proc.returncode != 0
-    assert "Traceback" not in err, "a raw traceback instead of a message"
-    assert "ERROR" in err
-    low = err.lower()
-    assert "database" in low or "connection" in low
-    assert "re-run" in low or "resume" in low, "the message does not say the run can be resumed"
-    assert m.current() == "0001_users"
+    assert m.current() == "0001_users", "stamped although the run was cut off"
     cps = [c for c in checkpoints(m.engine) if c["revision"] == "0002_invitations"]
     assert len(cps) == 1 and cps[0]["last_pk"] is not None
     resume_at = cps[0]["last_pk"]
@@ -120,6 +112,36 @@ def test_dropped_connection_stops_cleanly_and_resumes(
     assert summary["rows_scanned"] == sum(1 for pk in data if pk > int(resume_at))
     assert m.current() == "0007_consent_records"
     assert_scheme(m.engine, m.vault, "invitations", data, "new", m.hmac_secret)
+
+
+DROPPED_UNWRAPPED = pytest.mark.xfail(
+    strict=True,
+    reason="ENGINE: a lost reader/Alembic connection escapes as a raw OperationalError "
+    "traceback, without the clean 'stopped; re-run resumes' message",
+)
+
+
+@pytest.mark.parametrize(
+    "which",
+    [
+        pytest.param("all", marks=DROPPED_UNWRAPPED),
+        "one-worker",
+        pytest.param("reader", marks=DROPPED_UNWRAPPED),
+    ],
+)
+def test_dropped_connection_stops_with_a_clear_message(
+    migration: Migration, vault_faults: FaultHandle, which: str
+) -> None:
+    m = migration
+    seed_invitations(m, 1200)
+    p = drop_mid_run(m, vault_faults, which)
+    err = p.stderr
+    assert p.proc.returncode != 0
+    assert "Traceback" not in err, "a raw traceback instead of a message"
+    assert "ERROR" in err
+    low = err.lower()
+    assert "database" in low or "connection" in low
+    assert "re-run" in low or "resume" in low, "the message does not say the run can be resumed"
 
 
 @pytest.fixture
