@@ -405,7 +405,7 @@ def check_keys(
                 report.add(
                     "old key",
                     False,
-                    f"the old key {old_name!r} does not exist on mount {m!r}: a rollback "
+                    f"the old key {old_name!r} does not exist in Vault (mount {m!r}): a rollback "
                     "re-encrypts with it, so it must exist",
                     f"restore it from its backup: vault write {m}/restore/{old_name} "
                     "backup=@<backup file> (the backup taken before the migration with "
@@ -416,8 +416,8 @@ def check_keys(
                 report.add(
                     "old key",
                     False,
-                    f"the old key {old_name!r} does not exist on mount {m!r}: the data cannot be "
-                    "decrypted",
+                    f"the old key {old_name!r} does not exist in Vault (mount {m!r}): the data "
+                    "cannot be decrypted",
                     "check VAULT_OLD_KEY (or -x vault-key=...) and VAULT_TRANSIT_MOUNT (or -x "
                     f"transit-mount=...); if it was deleted, restore it: vault write "
                     f"{m}/restore/{old_name} backup=@<backup file>",
@@ -426,9 +426,9 @@ def check_keys(
             report.add(
                 "old key",
                 False,
-                f"the old key {old_name!r} is derived (it needs a context): it is not the "
-                "no-context key; the data may already use context-based encryption, or the key "
-                "names are swapped",
+                f"the old key {old_name!r} is derived: without a context Vault answers "
+                "\"missing 'context' for key derivation\", so it is not the no-context key; the "
+                "data may already use context-based encryption, or the key names are swapped",
                 "check VAULT_OLD_KEY / VAULT_NEW_KEY (-x vault-key / -x new-vault-key); run "
                 "'context-encryption verify' to see which scheme the data is in",
             )
@@ -452,8 +452,8 @@ def check_keys(
                 report.add(
                     "new key",
                     False,
-                    f"the new key {new_name!r} does not exist on mount {m!r}: values in the new "
-                    "scheme cannot be decrypted for the rollback",
+                    f"the new key {new_name!r} does not exist in Vault (mount {m!r}): values in "
+                    "the new scheme cannot be decrypted for the rollback",
                     f"restore it from its backup: vault write {m}/restore/{new_name} "
                     "backup=@<backup file>; or check VAULT_NEW_KEY / VAULT_TRANSIT_MOUNT",
                 )
@@ -461,7 +461,7 @@ def check_keys(
                 report.add(
                     "new key",
                     False,
-                    f"the new key {new_name!r} does not exist on mount {m!r}",
+                    f"the new key {new_name!r} does not exist in Vault (mount {m!r})",
                     f"create it with: {create_new}",
                 )
         elif not (new.derived and new.convergent):

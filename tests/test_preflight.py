@@ -212,7 +212,7 @@ def test_long_ttl_token_passes(migration: Migration, vault_client: Any) -> None:
 def test_missing_new_key_prints_the_create_command(migration: Migration) -> None:
     m = migration.vault.mount
     text = failure(migration, new_vault_key="pos-context-key-2")
-    assert "[new key] the new key 'pos-context-key-2' does not exist" in text
+    assert "[new key] the new key 'pos-context-key-2' does not exist in Vault" in text
     assert (
         f"vault write -f {m}/keys/pos-context-key-2 derived=true convergent_encryption=true" in text
     )
@@ -242,7 +242,7 @@ def test_old_key_derived_means_data_may_be_context_based(
 def test_downgrade_without_the_old_key_explains_the_restore(migration: Migration) -> None:
     m = migration.vault.mount
     text = failure(migration, "downgrade", vault_key="deleted-old-key")
-    assert "[old key] the old key 'deleted-old-key' does not exist" in text
+    assert "[old key] the old key 'deleted-old-key' does not exist in Vault" in text
     assert "a rollback re-encrypts with it" in text
     assert f"vault write {m}/restore/deleted-old-key backup=" in text
 
