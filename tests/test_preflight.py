@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from app_models.preflight import (
     run_preflight,
 )
 from app_models.settings import Settings, load_settings
-from app_models.tables import TABLE_NAMES
+from app_models.tables import TABLE_NAMES, metadata
 from app_models.transit import TransitClient
 from tests.migration_fixtures import NEW_KEY, OLD_KEY, Migration
 from tests.seeding import sample_rows, seed
@@ -383,3 +384,30 @@ def test_require_database(migration: Migration) -> None:
     assert text.startswith("preflight failed: 1 problem(s)")
     assert "postgres:***@127.0.0.1:1/x" in text
     assert "pw-Hidden-1" not in text
+
+
+def test_sqlite_versions_without_regular_expressions(
+    migration: Migration, vault_client: Any, tmp_path: Path
+) -> None:
+    """The embedded demo's database: versions grouped with substr/instr."""
+    url = f"sqlite:///{tmp_path / 'pf.sqlite'}"
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        metadata.create_all(engine)
+        rows = seed(engine, migration.vault, "users", sample_rows("users", 10), "s")
+        with engine.begin() as conn:  # a malformed prefix is not a version
+            conn.execute(sa.text("UPDATE users SET last_name = 'vault:vX:abc' WHERE rowid = 1"))
+        report = preflight(migration, tables=("users",), db=url)
+        n_email = sum(1 for r in rows.values() if r["email"] is not None)
+        assert report.versions["users.email"] == {1: n_email}
+        m = migration.vault.mount
+        t = vault_client.secrets.transit
+        t.rotate_key(name=OLD_KEY, mount_point=m)
+        t.update_key_configuration(name=OLD_KEY, min_decryption_version=2, mount_point=m)
+        text = failure(migration, tables=("users",), db=url)
+        assert f"users.email: {n_email} value(s) of version v1, below min_decryption_version 2" in (
+            text
+        )
+        assert "[data versions]" in text
+    finally:
+        engine.dispose()

@@ -353,29 +353,40 @@ def test_cannot_verify_exits_2(
     assert "set VAULT_ADDR and VAULT_TOKEN" in err
 
 
-def test_sqlite_database(migration: Migration, tmp_path: Path) -> None:
+def test_sqlite_database(
+    migration: Migration, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The embedded demo's database: SQLite, no regular expressions, uuid as text."""
     path = tmp_path / "demo.sqlite"
-    engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.NullPool)
+    url = f"sqlite:///{path}"
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         metadata.create_all(engine)
         data = {
             t: seed(engine, migration.vault, t, sample_rows(t, 9), migration.hmac_secret)
             for t in ("users", "consent_records")
         }
-        env = {**migration.env, "DATABASE_URL": f"sqlite:///{path}"}
+        env = {**migration.env, "DATABASE_URL": url}
         proc = subprocess_verify(env, "--json", "--tables", "users,consent_records")
         assert proc.returncode == 0, proc.stderr
         doc = json.loads(proc.stdout)
+        assert doc["revision"] is None
         assert column(doc, "users", "email")["old_scheme"] == non_null(data["users"], "email")
         assert column(doc, "users", "email")["hmac"]["match"] == non_null(data["users"], "email")
-        with engine.begin() as conn:
-            conn.execute(sa.text("CREATE TABLE alembic_version_encryption (version_num text)"))
-            conn.execute(sa.text("INSERT INTO alembic_version_encryption VALUES ('0001_users')"))
+
+        # the real migration on SQLite, then verify
+        monkeypatch.setenv("DATABASE_URL", url)
+        migration.upgrade("0001_users")
+        proc = subprocess_verify(env, "--tables", "users,consent_records")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "revision 0001_users: new scheme expected for users" in proc.stdout
+
+        # restamped to base without migrating back: users is in the wrong scheme
+        migration.stamp("base")
         proc = subprocess_verify(env, "--tables", "users,consent_records", "--sample", "4")
         assert proc.returncode == 1
         assert "users.email" in proc.stdout
-        assert "old scheme (expected new)" in proc.stdout
+        assert "new scheme (expected old)" in proc.stdout
         assert_no_leak(proc.stdout + proc.stderr, leaks(migration, data))
     finally:
         engine.dispose()
