@@ -6,6 +6,7 @@ rotated and configured through hvac, and the database is a fresh PostgreSQL data
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from app_models import cli
 from app_models.errors import PreflightError
 from app_models.preflight import (
     PreflightReport,
@@ -411,3 +413,20 @@ def test_sqlite_versions_without_regular_expressions(
         assert "[data versions]" in text
     finally:
         engine.dispose()
+
+
+def test_preflight_command(migration: Migration, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["preflight", "--tables", "users"]) == 0
+    out = capsys.readouterr().out
+    assert "ok   capabilities   the token may upgrade" in out
+    assert migration.env["VAULT_TOKEN"] not in out
+    code = cli.main(["preflight", "--direction", "downgrade", "--vault-key", "gone", "--json"])
+    assert code == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["direction"] == "downgrade"
+    assert doc["ok"] is False
+    failed = [c for c in doc["checks"] if not c["ok"]]
+    assert [c["name"] for c in failed] == ["old key"]
+    assert "restore" in failed[0]["fix"]
+    assert cli.main(["preflight", "--batch-size", "0"]) == 2
+    assert "batch-size" in capsys.readouterr().err
