@@ -573,11 +573,14 @@ def check_versions(
     target_key = settings.new_key if upgrade else settings.old_key
     lo, hi = source.min_decryption_version, source.latest_version
     problems: list[str] = []
-    too_old = False
+    too_old: list[int] = []
+    too_new = False
+    missing = False
     with _connection(engine) as conn:
         inspector = sa.inspect(conn)
         for table in tables:
             if not inspector.has_table(table):
+                missing = True
                 report.add(
                     "data versions",
                     False,
@@ -605,27 +608,33 @@ def check_versions(
                         if results and all(r.ok for r in results):
                             continue
                     if v < lo:
-                        too_old = True
+                        too_old.append(v)
                         problems.append(
                             f"{table}.{col.name}: {n} value(s) of version v{v}, below "
                             f"min_decryption_version {lo}"
                         )
                     else:
+                        too_new = True
                         problems.append(
                             f"{table}.{col.name}: {n} value(s) of version v{v}, above the key's "
                             f"latest version {hi}"
                         )
     which = "old" if upgrade else "new"
     if problems:
-        lowest = min((v for d in report.versions.values() for v in d if v < lo), default=lo)
-        fix = (
-            f"lower the {which} key's min_decryption_version so Vault decrypts them again: "
-            f"vault write {settings.transit_mount}/keys/{source.name}/config "
-            f"min_decryption_version={lowest}"
-            if too_old
-            else f"these values were not made by the {which} key {source.name!r} (another key, "
-            "or the key was restored from an older backup): check VAULT_OLD_KEY / VAULT_NEW_KEY"
-        )
+        fixes = []
+        if too_old:
+            fixes.append(
+                f"lower the {which} key's min_decryption_version so Vault decrypts them again: "
+                f"vault write {settings.transit_mount}/keys/{source.name}/config "
+                f"min_decryption_version={min(too_old)}"
+            )
+        if too_new:
+            fixes.append(
+                f"values above the latest version were not made by the {which} key "
+                f"{source.name!r} (another key, or the key was restored from an older backup): "
+                "check VAULT_OLD_KEY / VAULT_NEW_KEY and VAULT_TRANSIT_MOUNT"
+            )
+        fix = "; ".join(fixes)
         report.add(
             "data versions",
             False,
@@ -633,6 +642,8 @@ def check_versions(
             "every value in scope: " + "; ".join(problems),
             fix,
         )
+        return
+    if missing:
         return
     seen = sorted({v for d in report.versions.values() for v in d})
     report.add(

@@ -430,3 +430,17 @@ def test_preflight_command(migration: Migration, capsys: pytest.CaptureFixture[s
     assert "restore" in failed[0]["fix"]
     assert cli.main(["preflight", "--batch-size", "0"]) == 2
     assert "batch-size" in capsys.readouterr().err
+
+
+def test_versions_above_the_keys_latest(migration: Migration, vault_client: Any) -> None:
+    """The data was made by a key rotated further than the one named: another key."""
+    m = migration.vault.mount
+    t = vault_client.secrets.transit
+    t.rotate_key(name=OLD_KEY, mount_point=m)
+    seed(
+        migration.engine, migration.vault, "consent_records", sample_rows("consent_records", 4), "s"
+    )
+    t.create_key(name="another-old-key", mount_point=m)
+    text = failure(migration, tables=("consent_records",), vault_key="another-old-key")
+    assert "value(s) of version v2, above the key's latest version 1" in text
+    assert "not made by the old key 'another-old-key'" in text
