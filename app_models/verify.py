@@ -232,16 +232,24 @@ class _Scheme:
         return context_string(table, column) if self.contextual else None
 
 
-def _reason_of(error: str) -> str:
-    """A short, value-free reason from Vault's error text."""
+def _reason_of(*errors: str) -> str:
+    """A short, value-free reason from Vault's error texts (the most actionable one wins)."""
+    error = " | ".join(errors)
     if "disallowed by policy" in error:
         return "unreadable (key version below min_decryption_version)"
-    if "version is too new" in error:
-        return "unreadable (key version too new)"
+    malformed = (
+        "no prefix",
+        "wrong number of fields",
+        "version number could not be decoded",
+        "could not decode base64",
+        "invalid ciphertext length",
+    )
+    if any(m in error for m in malformed):
+        return "unreadable (malformed ciphertext)"
     if "message authentication failed" in error:
         return "unreadable (neither key decrypts it)"
-    if "invalid ciphertext" in error:
-        return "unreadable (malformed ciphertext)"
+    if "version is too new" in error:
+        return "unreadable (key version newer than either key's latest)"
     return "unreadable"
 
 
@@ -300,7 +308,7 @@ def _check_page(
             else:
                 res = results[col.name]
                 res.unreadable += 1
-                res.problem(pk, _reason_of(err), max_ids)
+                res.problem(pk, _reason_of(err, r.error or ""), max_ids)
 
     for pk, col, b64, comp, scheme in decrypted:
         res = results[col.name]

@@ -390,3 +390,21 @@ def test_sqlite_database(
         assert_no_leak(proc.stdout + proc.stderr, leaks(migration, data))
     finally:
         engine.dispose()
+
+
+def test_values_below_min_decryption_version_are_unreadable(
+    migration: Migration, vault_client: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = seed_all(migration, {"users": 6})
+    m = migration.vault.mount
+    t = vault_client.secrets.transit
+    t.rotate_key(name=migration.vault.old_key, mount_point=m)
+    t.update_key_configuration(
+        name=migration.vault.old_key, min_decryption_version=2, mount_point=m
+    )
+    code, doc = run_json(capsys, "--tables", "users")
+    assert code == 1
+    email = column(doc, "users", "email")
+    n = non_null(data["users"], "email")
+    assert email["unreadable"] == n
+    assert email["reasons"] == {"unreadable (key version below min_decryption_version)": n}
