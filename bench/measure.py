@@ -516,7 +516,11 @@ def py_spy() -> str | None:
 def profile_run(
     b: Bench, *, rows: int, batch_size: int, workers: int, latency_ms: float, out: Path
 ) -> dict[str, str]:
-    """One engine run under py-spy (engine process and vaultdev); collapsed stacks in ``out``."""
+    """One engine run under py-spy (engine process and vaultdev); collapsed stacks in ``out``.
+
+    Only samples where a thread holds the GIL are kept (``--gil``): both processes are bound by
+    one interpreter each, so that is where their time goes.
+    """
     spy = py_spy()
     if spy is None:
         raise RuntimeError("py-spy not found (set PY_SPY=/path/to/py-spy)")
@@ -530,7 +534,7 @@ def profile_run(
             "--format",
             "raw",
             "--threads",
-            "--idle",
+            "--gil",
             "-r",
             "200",
             "-o",
@@ -555,7 +559,7 @@ def profile_run(
                 "--format",
                 "raw",
                 "--threads",
-                "--idle",
+                "--gil",
                 "-r",
                 "200",
                 "-o",
