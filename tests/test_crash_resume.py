@@ -182,6 +182,7 @@ def _crash_loop(
     version, cp = _state(m, direction)
     final = run_alembic(m, "-x", f"report={report}", *args)
     assert final.proc.returncode == 0, final.stderr
+    assert cp is not None and cp[2] is not None, "the last kill should have landed mid-table"
     if cp is not None and cp[2] is not None:
         rep = json.loads(report.read_text())
         table = TABLE_OF[cp[0]]

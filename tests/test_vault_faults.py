@@ -287,7 +287,7 @@ def _child_token(m: Migration, *, renewable: bool, ttl: str) -> str:
 
 def _slow_users(m: Migration, vault_faults: FaultHandle, n: int = 900) -> dict[Any, Any]:
     data = seed(m.engine, m.vault, "users", sample_rows("users", n), m.hmac_secret)
-    vault_faults.set(latency_ms=25, paths=[f"{m.vault.mount}/"])
+    vault_faults.set(latency_ms=40, paths=[f"{m.vault.mount}/"])
     return data
 
 
@@ -322,35 +322,78 @@ def _stops_cleanly_and_resumes(m: Migration, data: dict[Any, Any], message: str)
     assert_scheme(m.engine, m.vault, "users", data, "new", m.hmac_secret)
 
 
-def test_non_renewable_token_expiring_mid_run_stops_cleanly_and_resumes(
+def _short_token_stops_cleanly(m: Migration, data: dict[Any, Any], before: Any) -> str:
+    """A token that cannot last the run: refused by the preflight (nothing changed), or
+    stopped mid-run before it expires (resumable). Either way the message says why."""
+    with pytest.raises(CommandError) as err:
+        m.upgrade("0001_users", batch_size=20, workers=1)
+    message = str(err.value)
+    assert "token" in message
+    cps = [c for c in checkpoints(m.engine) if c["revision"] == "0001_users"]
+    if cps and cps[0]["last_pk"] is not None:
+        assert "resumes" in message
+        _stops_cleanly_and_resumes(m, data, message)
+        return "stopped mid-run"
+    print(f"\n{message}")
+    assert "nothing was changed" in message
+    assert read_table(m.engine, "users") == before
+    assert m.current() is None
+    m.upgrade("0001_users", vault_token=m.env["VAULT_TOKEN"])
+    assert_scheme(m.engine, m.vault, "users", data, "new", m.hmac_secret)
+    return "refused by the preflight"
+
+
+def test_non_renewable_short_token_stops_cleanly_and_says_so(
     migration: Migration, vault_faults: FaultHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     m = migration
     data = _slow_users(m, vault_faults)
+    before = read_table(m.engine, "users")
     monkeypatch.setenv("VAULT_TOKEN", _child_token(m, renewable=False, ttl="3s"))
-    with pytest.raises(CommandError) as err:
-        m.upgrade("0001_users", batch_size=20, workers=2)
+    how = _short_token_stops_cleanly(m, data, before)
     vault_faults.clear()
-    message = str(err.value)
-    assert "token" in message and "not renewable" in message
-    assert "resumes" in message
-    _stops_cleanly_and_resumes(m, data, message)
+    assert how
+    assert "not renewable" in m.reports[-2]["error"]
 
 
 def test_token_at_its_max_ttl_stops_cleanly_and_says_so(
     migration: Migration, vault_faults: FaultHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     m = migration
-    data = _slow_users(m, vault_faults, 1500)
+    data = _slow_users(m, vault_faults)
+    before = read_table(m.engine, "users")
     resp = m.vault.client.auth.token.create(
         policies=["root"], ttl="2s", explicit_max_ttl="3s", renewable=True
+    )
+    monkeypatch.setenv("VAULT_TOKEN", resp["auth"]["client_token"])
+    _short_token_stops_cleanly(m, data, before)
+    vault_faults.clear()
+    error = m.reports[-2]["error"]
+    assert "explicit_max_ttl" in error or "not renewable" in error or "max" in error
+
+
+def test_token_whose_renewal_is_refused_stops_cleanly_mid_run(
+    migration: Migration, vault_faults: FaultHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewable token whose policy does not allow renew-self: it passes the preflight, the
+    renewal mid-run is refused, and the run stops cleanly before the token expires, saying so."""
+    m = migration
+    data = _slow_users(m, vault_faults)
+    policy = f"""
+path "{m.vault.mount}/*" {{ capabilities = ["create", "read", "update"] }}
+path "auth/token/lookup-self" {{ capabilities = ["read"] }}
+path "sys/capabilities-self" {{ capabilities = ["update"] }}
+"""
+    m.vault.client.sys.create_or_update_policy(name="no-renew", policy=policy)
+    resp = m.vault.client.auth.token.create(
+        policies=["no-renew"], no_default_policy=True, ttl="3s", renewable=True
     )
     monkeypatch.setenv("VAULT_TOKEN", resp["auth"]["client_token"])
     with pytest.raises(CommandError) as err:
         m.upgrade("0001_users", batch_size=20, workers=1)
     vault_faults.clear()
     message = str(err.value)
-    assert "token" in message and "resumes" in message
+    assert "token" in message and "renew" in message and "resumes" in message, message
     _stops_cleanly_and_resumes(m, data, message)
 
 
