@@ -133,10 +133,9 @@ def banner(text: str) -> None:
 
 
 def run(cmd: list[str], env: dict[str, str], *, check: bool = True) -> int:
-    print(
-        "$ " + " ".join(Path(cmd[0]).name if i == 0 else c for i, c in enumerate(cmd)), flush=True
-    )
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, check=False)
+    shown = [Path(cmd[0]).name, *cmd[1:]]
+    print("$ " + " ".join(shown), flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, check=False)  # noqa: S603 - our own tools
     if check and proc.returncode != 0:
         raise SystemExit(f"demo: {' '.join(cmd[:2])} failed with exit code {proc.returncode}")
     return proc.returncode

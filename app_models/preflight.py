@@ -549,6 +549,16 @@ def scan_versions(conn: sa.Connection, table: str, column: str) -> dict[int, int
     return out
 
 
+def _sample_ids(
+    conn: sa.Connection, table: str, column: str, version: int, limit: int = 5
+) -> list[str]:
+    """Primary keys of a few values of ``version`` (to name rows; never their values)."""
+    t = metadata.tables[table]
+    col = t.c[column]
+    stmt = sa.select(t.c.id).where(col.like(f"vault:v{version}:%")).order_by(t.c.id).limit(limit)
+    return [str(pk) for (pk,) in conn.execute(stmt)]
+
+
 def _sample_version(conn: sa.Connection, table: str, column: str, version: int) -> list[str]:
     t = metadata.tables[table]
     col = t.c[column]
@@ -593,7 +603,7 @@ def check_versions(
                 versions = scan_versions(conn, table, col.name)
                 report.versions[f"{table}.{col.name}"] = versions
                 for v, n in sorted(versions.items()):
-                    if lo <= v <= hi:
+                    if lo <= max(v, 1) <= hi:  # Vault reads version 0 as version 1
                         continue
                     # a value a previous (interrupted) run already migrated is fine
                     if transit is not None:
@@ -607,17 +617,18 @@ def check_versions(
                             results = []
                         if results and all(r.ok for r in results):
                             continue
+                    ids = ", ".join(_sample_ids(conn, table, col.name, v))
                     if v < lo:
                         too_old.append(v)
                         problems.append(
                             f"{table}.{col.name}: {n} value(s) of version v{v}, below "
-                            f"min_decryption_version {lo}"
+                            f"min_decryption_version {lo} (id {ids})"
                         )
                     else:
                         too_new = True
                         problems.append(
                             f"{table}.{col.name}: {n} value(s) of version v{v}, above the key's "
-                            f"latest version {hi}"
+                            f"latest version {hi} (id {ids})"
                         )
     which = "old" if upgrade else "new"
     if problems:
@@ -635,6 +646,14 @@ def check_versions(
                 "check VAULT_OLD_KEY / VAULT_NEW_KEY and VAULT_TRANSIT_MOUNT"
             )
         fix = "; ".join(fixes)
+        if settings.on_error == "skip":
+            # the operator chose to skip rows that cannot be migrated: they will be reported
+            report.warnings.append(
+                f"the {which} key {source.name!r} cannot decrypt some values; with "
+                "on-error=skip their rows are left untouched and listed in the report: "
+                + "; ".join(problems)
+            )
+            return
         report.add(
             "data versions",
             False,

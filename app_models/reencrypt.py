@@ -778,23 +778,24 @@ def _aborted(summary: TableSummary) -> MigrationAborted:
 
 def pin_target_version(transit: TransitClient, target: Scheme, direction: Direction) -> int:
     """Read the target key once; its latest version is used for every encryption of the run."""
+    mount = transit.mount
     info = transit.read_key(target.key)
     if info is None:
         if direction is Direction.DOWNGRADE:
             raise PreflightError(
                 f"the old key {target.key!r} does not exist in Vault: a rollback needs it. "
-                "Restore it from its backup (vault write transit/restore/<name> backup=...) "
+                f"Restore it from its backup (vault write {mount}/restore/{target.key} backup=...) "
                 "before downgrading"
             )
         raise PreflightError(
             f"the new key {target.key!r} does not exist; create it with: vault write -f "
-            f"transit/keys/{target.key} derived=true convergent_encryption=true"
+            f"{mount}/keys/{target.key} derived=true convergent_encryption=true"
         )
     if target.contextual and not (info.derived and info.convergent):
         raise PreflightError(
             f"the new key {target.key!r} must be created with derived=true and "
             "convergent_encryption=true (it is not); create a new key with: vault write -f "
-            "transit/keys/<name> derived=true convergent_encryption=true"
+            f"{mount}/keys/<name> derived=true convergent_encryption=true"
         )
     if not target.contextual and info.derived:
         raise PreflightError(

@@ -259,6 +259,8 @@ class TransitClient:
         if settings.vault_token is None:
             raise PreflightError("no Vault token: set VAULT_TOKEN or pass -x vault-token=...")
         session = requests.Session()
+        # hvac keeps a session's own `verify`, so the CA bundle must be set on the session
+        session.verify = settings.vault_cacert or True
         adapter = requests.adapters.HTTPAdapter(
             max_retries=retry if retry is not None else build_retry(), pool_maxsize=4
         )

@@ -22,6 +22,7 @@ from alembic.util import CommandError
 from app_models.errors import ContextEncryptionError
 from app_models.migration import RUNTIME_KEY, TRANSIT_FACTORY_KEY
 from app_models.plan import check_table_filter, plan
+from app_models.preflight import require_database, run_preflight
 from app_models.reencrypt import RunContext
 from app_models.report import RunReport
 from app_models.settings import Settings, load_settings
@@ -52,7 +53,7 @@ def _settings() -> Settings:
         raise CommandError(str(exc)) from None
 
 
-def _before_first_row(settings: Settings) -> None:
+def _before_first_row(settings: Settings, connection: sa.Connection) -> None:
     """Checks that need Alembic's plan; they run before any revision touches a row."""
     steps = plan(context.get_context())
     check_table_filter(settings, steps)
@@ -63,6 +64,17 @@ def _before_first_row(settings: Settings) -> None:
             "upgrade" if steps[0].upgrade else "downgrade",
             ", ".join(f"{s.revision} ({s.table})" for s in steps),
         )
+        transit = config.attributes[RUNTIME_KEY].transit_factory()
+        try:
+            run_preflight(
+                settings,
+                direction="upgrade" if steps[0].upgrade else "downgrade",
+                tables=[s.table for s in steps if settings.table_selected(s.table)],
+                transit=transit,
+                engine=connection,
+            )
+        finally:
+            transit.close()
 
 
 def _run(connection: sa.Connection, settings: Settings) -> None:
@@ -71,7 +83,7 @@ def _run(connection: sa.Connection, settings: Settings) -> None:
         outer = connection.begin_nested() if connection.in_transaction() else connection.begin()
         try:
             context.configure(connection=connection, version_table=VERSION_TABLE)
-            _before_first_row(settings)
+            _before_first_row(settings, connection)
             context.run_migrations()
         finally:
             outer.rollback()
@@ -82,7 +94,7 @@ def _run(connection: sa.Connection, settings: Settings) -> None:
         version_table=VERSION_TABLE,
         transaction_per_migration=True,
     )
-    _before_first_row(settings)
+    _before_first_row(settings, connection)
     if not external and connection.in_transaction():
         # Reading the current heads autobegan a transaction; end it so that Alembic begins
         # (and commits) one transaction per revision as configured.
@@ -105,6 +117,7 @@ def _connect_and_run(settings: Settings) -> None:
             settings.database_url, poolclass=sa.pool.NullPool, hide_parameters=True
         )
         try:
+            require_database(engine)
             with engine.connect() as conn:
                 _run(conn, settings)
         finally:

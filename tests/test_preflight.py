@@ -275,6 +275,38 @@ def test_min_decryption_version_above_data_versions(
     assert preflight(migration, tables=("invitations",)).ok
 
 
+def test_version_problems_are_a_warning_with_on_error_skip(
+    migration: Migration, vault_client: Any
+) -> None:
+    """The operator chose to skip rows that cannot be migrated: preflight names them only."""
+    m = migration.vault.mount
+    rows = seed(migration.engine, migration.vault, "users", sample_rows("users", 6), "s")
+    t = vault_client.secrets.transit
+    t.rotate_key(name=OLD_KEY, mount_point=m)
+    t.update_key_configuration(name=OLD_KEY, min_decryption_version=2, mount_point=m)
+    report = preflight(migration, tables=("users",), on_error="skip")
+    assert report.ok
+    first = str(min(rows))
+    assert any("on-error=skip" in w and first in w for w in report.warnings)
+
+
+def test_version_zero_reads_as_version_one(migration: Migration) -> None:
+    """Vault decrypts ``vault:v0:`` as version 1 (legacy), so preflight must not refuse it."""
+    rows = seed(migration.engine, migration.vault, "users", sample_rows("users", 3), "s")
+    users = metadata.tables["users"]
+    pk = min(rows)
+    with migration.engine.begin() as conn:
+        ct = conn.execute(sa.select(users.c.email).where(users.c.id == pk)).scalar_one()
+        conn.execute(
+            sa.update(users)
+            .where(users.c.id == pk)
+            .values(email=ct.replace("vault:v1:", "vault:v0:"))
+        )
+    report = preflight(migration, tables=("users",))
+    assert report.ok
+    assert 0 in report.versions["users.email"]
+
+
 def test_already_migrated_values_are_not_counted_as_too_old(
     migration: Migration, vault_client: Any
 ) -> None:
