@@ -71,6 +71,7 @@ class KillPoint:
     version: str | None
     checkpoint: tuple[str, int, str | None] | None  # revision, batch_seq, last_pk
     seconds: float
+    ahead: int = 0  # rows past the checkpoint already migrated (a later batch committed first)
 
 
 def _state(m: Migration, direction: str) -> tuple[str | None, tuple[str, int, str | None] | None]:
@@ -128,16 +129,16 @@ def _rows_after(m: Migration, table: str, last_pk: str) -> int:
 
 def _check_after_kill(
     m: Migration, data: dict[str, dict[Any, Any]], direction: str, cp: Any, version: str | None
-) -> None:
+) -> int:
     """Every value of the table being worked on reads with its original plaintext in one of the
     schemes, and every row up to the checkpoint is in the target scheme."""
     if cp is not None:
         rev = cp[0]
     else:  # between revisions: the next one to run
+        if version == (REVISIONS[-1] if direction == "upgrade" else None):
+            return 0  # nothing left to do
         i = REVISIONS.index(version) if version else -1
         rev = REVISIONS[i + 1] if direction == "upgrade" else REVISIONS[i]
-        if direction == "upgrade" and version == REVISIONS[-1]:
-            return
     table = TABLE_OF[rev]
     schemes = schemes_of(m, table, data[table])
     target = "new" if direction == "upgrade" else "old"
@@ -146,6 +147,8 @@ def _check_after_kill(
         last: Any = uuid.UUID(cp[2]) if isinstance(t.c.id.type, sa.Uuid) else int(cp[2])
         behind = [pk for pk, s in schemes.items() if pk <= last and s - {target}]
         assert not behind, f"{table}: rows up to the checkpoint not in the {target} scheme"
+        return sum(1 for pk, s in schemes.items() if pk > last and s == {target})
+    return 0
 
 
 def _crash_loop(
@@ -159,8 +162,11 @@ def _crash_loop(
     """Run ``alembic args`` again and again, killing it as ``plans`` say; then let it finish."""
     kills: list[KillPoint] = []
     report = m.tmp_path / f"final-{direction}.json"
-    for plan in plans:
-        if len(kills) >= KILLS:
+    # after the planned kills, single-batch kills until one lands mid-table, so the final run
+    # shows its resume point
+    for plan in [*plans, *["batches:1"] * 6]:
+        last = kills[-1].checkpoint if kills else None
+        if len(kills) >= KILLS and last is not None and last[2] is not None:
             break
         version, cp = _state(m, direction)
         p = popen_alembic(m, *args, tag=f"crash-{direction}")
@@ -176,13 +182,13 @@ def _crash_loop(
             resumed = f"{TABLE_OF[cp[0]]}: resuming {direction} after id={cp[2]}"
             assert resumed in p.stderr, f"run after a kill did not resume at {cp}:\n{p.stderr}"
         version, cp = after
-        _check_after_kill(m, data, direction, cp, version)
-        kills.append(KillPoint(plan, version, cp, time.monotonic() - t0))
+        ahead = _check_after_kill(m, data, direction, cp, version)
+        kills.append(KillPoint(plan, version, cp, time.monotonic() - t0, ahead))
     # the plain re-run that finishes the job
     version, cp = _state(m, direction)
     final = run_alembic(m, "-x", f"report={report}", *args)
     assert final.proc.returncode == 0, final.stderr
-    assert cp is not None and cp[2] is not None, "the last kill should have landed mid-table"
+    assert cp is not None and cp[2] is not None, f"the last kill should be mid-table: {kills}"
     if cp is not None and cp[2] is not None:
         rep = json.loads(report.read_text())
         table = TABLE_OF[cp[0]]
@@ -200,12 +206,12 @@ PLANS = [
     "batches:3",
     "stamp:1",  # right after a revision was stamped
     "batches:2",
-    "batches:1",
-    "time:1.3",
-    "batches:2",
     "stamp:1",
+    "time:0.9",
+    "batches:2",
     "batches:1",
     "batches:2",
+    "batches:1",
     "batches:1",
 ]
 
@@ -220,7 +226,7 @@ def test_sigkill_upgrade_and_downgrade_then_rerun_finishes(
         for t, n in SIZES.items()
     }
     # a little latency on this test's mount only, so kills land inside batches
-    vault_faults.set(latency_ms=8, latency_jitter_ms=4, paths=[f"{migration.vault.mount}/"])
+    vault_faults.set(latency_ms=10, latency_jitter_ms=4, paths=[f"{migration.vault.mount}/"])
 
     up_args = ["-x", f"batch-size={BATCH}", "-x", "workers=2", "upgrade", "head"]
     up_kills = _crash_loop(migration, data, up_args, "upgrade", PLANS, rng)
@@ -239,7 +245,10 @@ def test_sigkill_upgrade_and_downgrade_then_rerun_finishes(
     for name, kills in (("upgrade", up_kills), ("downgrade", down_kills)):
         print(f"\n{name}: {len(kills)} kill points survived:")
         for k in kills:
-            print(f"  {k.plan:10s} {k.seconds:5.2f}s: stamp={k.version} checkpoint={k.checkpoint}")
+            print(
+                f"  {k.plan:10s} {k.seconds:5.2f}s: stamp={k.version} checkpoint={k.checkpoint}"
+                + (f", {k.ahead} rows past it already migrated" if k.ahead else "")
+            )
         assert len(kills) >= 10, f"{name}: only {len(kills)} kills landed before the run finished"
         mid_batch = [k for k in kills if k.checkpoint is not None and k.checkpoint[2] is not None]
         assert len({k.checkpoint for k in mid_batch}) >= 6, "kills not spread across batches"
