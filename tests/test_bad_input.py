@@ -377,3 +377,51 @@ def test_plaintext_encrypt_policy_edges(migration: Migration, value: str, outcom
     else:
         data[pk]["body"] = value
         assert_scheme(m.engine, m.vault, "notifications", data, "new")
+
+
+def test_bad_input_on_downgrade(migration: Migration) -> None:
+    """Downgrade mirrors upgrade: an old-scheme value is already in its target scheme, a damaged
+    new-scheme value is that row's error, and the rest of the table goes back to the old key."""
+    m = migration
+    data = seed(m.engine, m.vault, "invitations", sample_rows("invitations", 20), m.hmac_secret)
+    m.upgrade("0002_invitations")
+    pks = sorted(data)
+    already, damaged, plain = pks[3], pks[9], pks[14]
+    old_value = old_ct(m, "still old")
+    set_values(
+        m, "invitations", already, email=old_value, email_hmac=hmac_hex(m.hmac_secret, "still old")
+    )
+    ct = read_table(m.engine, "invitations")[damaged]["token"]
+    set_values(m, "invitations", damaged, token=ct[:20] + ("A" if ct[20] != "A" else "B") + ct[21:])
+    set_values(m, "invitations", plain, token="plaintext on the way down")
+    before = read_table(m.engine, "invitations")
+
+    with pytest.raises(CommandError) as err:
+        m.downgrade("0001_users", batch_size=5)
+    assert names_row(str(err.value), "invitations", "token", damaged) or names_row(
+        str(err.value), "invitations", "token", plain
+    ), str(err.value)
+    assert m.current() == "0002_invitations"
+
+    report = m.downgrade("0001_users", on_error="skip")
+    summary = table_summary(report, "invitations")
+    failed = {(f["id"], f["column"]): f["reason"] for f in summary["failures"]}
+    assert set(failed) == {(str(damaged), "token"), (str(plain), "token")}, failed
+    assert "message authentication failed" in failed[(str(damaged), "token")]
+    assert "plaintext" in failed[(str(plain), "token")]
+    assert summary["columns"]["email"]["already_migrated"] >= 1
+    after = read_table(m.engine, "invitations")
+    assert after[damaged] == before[damaged] and after[plain] == before[plain]
+    assert after[already]["email"] == old_value
+    data[already]["email"] = "still old"
+    rest = {pk: v for pk, v in data.items() if pk not in (damaged, plain)}
+    for col in ("email", "token"):
+        pks_c = [pk for pk in rest if rest[pk][col] is not None]
+        plains = m.vault.decrypt(
+            m.vault.old_key, [after[pk][col] for pk in pks_c], [None] * len(pks_c)
+        )
+        for pk, p in zip(pks_c, plains, strict=True):
+            assert p == rest[pk][col], f"invitations.{col} id={pk}: not back in the old scheme"
+        for pk in rest:
+            if rest[pk][col] is None:
+                assert after[pk][col] is None
