@@ -1,6 +1,7 @@
 """Concurrent writers (issue 5, point 2): the application keeps writing while a table migrates.
 
-While ``alembic upgrade 0002_invitations`` runs as a subprocess, writer threads (each on its own
+While ``alembic upgrade 0002_invitations`` (and, mirrored, ``alembic downgrade 0001_users``)
+runs as a subprocess, writer threads (each on its own
 connection, with a short ``lock_timeout``) insert, update and delete rows of ``invitations``,
 writing values in the old scheme, the new scheme and NULL, with matching HMAC companions, as an
 application mid-rollout would. One writer keeps a hot set of rows changing so that the
@@ -11,9 +12,9 @@ Afterwards:
 
 * every row holds the latest value written to it (no lost update): its ciphertext decrypts,
   under one of the two schemes, to the latest plaintext; NULL stays NULL; deleted rows are gone;
-* values written in the new scheme are still there byte for byte, and rows no writer touched
-  were migrated (the migration handled them; nothing reverted them); an old-scheme value
-  written after the migration passed its row may legitimately remain in the old scheme;
+* values written in the target scheme are still there byte for byte, and rows no writer touched
+  were migrated (the migration handled them; nothing reverted them); a source-scheme value
+  written after the migration passed its row may legitimately remain in the source scheme;
 * the report's ``changed_concurrently`` counts rows that changed under the migration (at least
   one, at most the number of updates and deletes that ran during it);
 * no writer ever waited for a lock longer than its ``lock_timeout``, and a sampler of
@@ -30,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from app_models.tables import metadata
@@ -192,13 +194,19 @@ def lock_sampler(m: Migration, stop: threading.Event, longest: list[float]) -> N
         engine.dispose()
 
 
+@pytest.mark.parametrize("direction", ["upgrade", "downgrade"])
 def test_no_lost_update_while_the_application_writes(
-    migration: Migration, vault_faults: FaultHandle
+    migration: Migration, vault_faults: FaultHandle, direction: str
 ) -> None:
     m = migration
     seeded = seed(m.engine, m.vault, "invitations", sample_rows("invitations", 2400), m.hmac_secret)
     pool = make_pool(m, 300)
-    m.upgrade("0001_users")  # users is empty; invitations is the table under test
+    # users is empty; invitations is the table under test
+    m.upgrade("0001_users" if direction == "upgrade" else "0002_invitations")
+    target, other = ("new", "old") if direction == "upgrade" else ("old", "new")
+    command = (
+        ["upgrade", "0002_invitations"] if direction == "upgrade" else ["downgrade", "0001_users"]
+    )
     vault_faults.set(latency_ms=10, latency_jitter_ms=4, paths=[f"{m.vault.mount}/"])
 
     pks = sorted(seeded)
@@ -231,8 +239,7 @@ def test_no_lost_update_while_the_application_writes(
         "on-error=skip",
         "-x",
         f"report={report_path}",
-        "upgrade",
-        "0002_invitations",
+        *command,
     )
     started = time.monotonic()
     while proc.proc.poll() is None:
@@ -252,7 +259,7 @@ def test_no_lost_update_while_the_application_writes(
     vault_faults.clear()
 
     assert proc.proc.returncode == 0, proc.stderr
-    assert m.current() == "0002_invitations"
+    assert m.current() == ("0002_invitations" if direction == "upgrade" else "0001_users")
     assert not log.errors, log.errors
     report = json.loads(report_path.read_text())
     summary = table_summary(report, "invitations")
@@ -268,7 +275,7 @@ def test_no_lost_update_while_the_application_writes(
     assert set(stored) == set(expected), "rows inserted or deleted by the application differ"
 
     lost: list[str] = []
-    old_left: list[Any] = []
+    left: list[Any] = []  # values not in the target scheme
     for c in COLUMNS:
         readable: dict[Any, str | None] = {}
         pks_c = [pk for pk in stored if stored[pk][c] is not None]
@@ -279,8 +286,8 @@ def test_no_lost_update_while_the_application_writes(
         old_by = dict(zip(idx, old_p, strict=True))
         for i, pk in enumerate(pks_c):
             readable[pk] = new_p[i] if new_p[i] is not None else old_by[i]
-            if new_p[i] is None:
-                old_left.append((pk, c))
+            if (new_p[i] is None) == (target == "new"):
+                left.append((pk, c))
         for pk, want in expected.items():
             w = want[c]
             got = stored[pk][c]
@@ -294,28 +301,28 @@ def test_no_lost_update_while_the_application_writes(
             want_hmac = hmac_hex(m.hmac_secret, w.plain)
             if stored[pk][f"{c}_hmac"] != want_hmac:
                 lost.append(f"{c} id={pk}: companion does not match")
-            if w.scheme == "new" and got != w.ciphertext:
-                lost.append(f"{c} id={pk}: a new-scheme value was rewritten")
-            if w.scheme in ("seed", "new") and (pk, c) in old_left:
-                lost.append(f"{c} id={pk}: left in (or reverted to) the old scheme")
+            if w.scheme == target and got != w.ciphertext:
+                lost.append(f"{c} id={pk}: a {target}-scheme value the app wrote was rewritten")
+            if w.scheme in ("seed", target) and (pk, c) in left:
+                lost.append(f"{c} id={pk}: left in (or reverted to) the {other} scheme")
 
     failures = summary["failures"]
     changing = {f["id"] for f in failures if "kept changing" in f["reason"]}
-    # an old-scheme value may remain old only where the app wrote it (after the migration
-    # passed the row), or where the row kept changing and was reported
-    for pk, c in old_left:
+    # a value may remain in the source scheme only where the app wrote it so (after the
+    # migration passed the row), or where the row kept changing and was reported
+    for pk, c in left:
         w = expected[pk][c]
-        if w.scheme != "old" and str(pk) not in changing:
-            lost.append(f"{c} id={pk}: old-scheme value the migration should have handled")
+        if w.scheme != other and str(pk) not in changing:
+            lost.append(f"{c} id={pk}: {other}-scheme value the migration should have handled")
 
     during = sum(log.ops_during.values())
     print(
-        f"\nmigration {migration_seconds:.1f}s; application operations during it: "
+        f"\n{direction} {migration_seconds:.1f}s; application operations during it: "
         f"{log.ops_during} ({during}); in all: {log.ops}; lost updates: {len(lost)}; "
         f"changed_concurrently={summary['changed_concurrently']}, "
         f"deleted_concurrently={summary['deleted_concurrently']}, "
-        f"reported as still changing: {len(changing)}; old-scheme values left by the app: "
-        f"{len(old_left)}; longest app write {log.longest_write * 1000:.0f} ms; longest "
+        f"reported as still changing: {len(changing)}; {other}-scheme values left by the app: "
+        f"{len(left)}; longest app write {log.longest_write * 1000:.0f} ms; longest "
         f"migration lock hold seen {longest_lock[0] * 1000:.0f} ms"
     )
     assert not lost, f"{len(lost)} lost updates: {lost[:20]}"
