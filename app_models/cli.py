@@ -29,6 +29,7 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
+from app_models import logsafety
 from app_models.errors import ContextEncryptionError
 from app_models.preflight import (
     PreflightReport,
@@ -285,6 +286,7 @@ def _cmd_preflight(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    logsafety.install()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

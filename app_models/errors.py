@@ -43,3 +43,28 @@ class RowError(ContextEncryptionError):
         self.pk = pk
         self.reason = reason
         super().__init__(f"{table}.{column} id={pk}: {reason}")
+
+
+def database_error_message(exc: BaseException, table: str | None = None) -> str:
+    """A database error as an operator message: the driver's error class and SQLSTATE only.
+
+    The driver's own text can quote row values (a constraint violation's DETAIL, for one), so
+    it is left out; the class name and code say what happened.
+    """
+    orig = getattr(exc, "orig", None) or exc
+    name = type(orig).__name__
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    what = f"{name}" + (f", SQLSTATE {code}" if code else "")
+    if name == "LockNotAvailable":
+        cause = "lock timeout: another transaction holds the rows; see -x lock-timeout"
+    elif name == "QueryCanceled":
+        cause = "statement timeout; see -x statement-timeout"
+    elif name in ("AdminShutdown", "OperationalError", "InterfaceError", "ConnectionFailure"):
+        cause = "the database connection was lost or refused"
+    else:
+        cause = "the database refused a statement"
+    where = f"{table}: " if table else ""
+    return (
+        f"{where}{cause} ({what}). The run stopped; committed batches stay, and running the "
+        "same command again resumes from the last checkpoint"
+    )

@@ -47,6 +47,7 @@ from app_models.errors import (
     MigrationAborted,
     PreflightError,
     RowError,
+    database_error_message,
 )
 from app_models.progress import Progress, estimate_rows
 from app_models.settings import Settings
@@ -807,16 +808,6 @@ def pin_target_version(transit: TransitClient, target: Scheme, direction: Direct
     return info.latest_version
 
 
-def _db_reason(exc: sa.exc.OperationalError) -> str:
-    orig = exc.orig
-    name = type(orig).__name__ if orig is not None else "OperationalError"
-    if name == "LockNotAvailable":
-        return "lock timeout: another transaction holds the rows; see -x lock-timeout"
-    if name == "QueryCanceled":
-        return "statement timeout; see -x statement-timeout"
-    return name
-
-
 class _TableRun:
     """One table's run: reader on the calling thread, batches on a pool of workers."""
 
@@ -936,6 +927,9 @@ class _TableRun:
                             done, pending = wait(in_flight, return_when=FIRST_COMPLETED)
                             in_flight = set(pending)
                             collect(set(done))
+            except sa.exc.DBAPIError as exc:  # the reader's connection
+                self.stop.set()
+                error = error or exc
             except BaseException:
                 self.stop.set()
                 raise
@@ -947,11 +941,8 @@ class _TableRun:
             return
         if isinstance(error, ContextEncryptionError):
             raise error
-        if isinstance(error, sa.exc.OperationalError):
-            raise ContextEncryptionError(
-                f"{self.spec.name}: the database stopped a batch ({_db_reason(error)}); "
-                "committed batches stay and a re-run resumes from the checkpoint"
-            ) from error
+        if isinstance(error, sa.exc.DBAPIError):
+            raise ContextEncryptionError(database_error_message(error, self.spec.name)) from None
         raise error
 
     def _count(self, result: BatchResult, rows: Sequence[_Row], sign: int = 1) -> None:

@@ -19,7 +19,8 @@ import sqlalchemy as sa
 from alembic import context
 from alembic.util import CommandError
 
-from app_models.errors import ContextEncryptionError
+from app_models import logsafety
+from app_models.errors import ContextEncryptionError, database_error_message
 from app_models.migration import RUNTIME_KEY, TRANSIT_FACTORY_KEY
 from app_models.plan import check_table_filter, plan
 from app_models.preflight import require_database, run_preflight
@@ -36,6 +37,7 @@ if config.config_file_name is not None and not config.attributes.get("skip_loggi
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 log = logging.getLogger("context_encryption")
+logsafety.install()  # no result row or statement parameter in any log, at any level
 
 
 def run_migrations_offline() -> None:
@@ -154,6 +156,12 @@ def run_migrations_online() -> None:
     except ContextEncryptionError as exc:
         report.outcome, report.error = "failed", str(exc)
         raise CommandError(str(exc)) from None
+    except sa.exc.DBAPIError as exc:
+        # A lost connection (failover, restart, pg_terminate_backend) or a database error the
+        # engine could not attribute to a batch: no statement, no parameter in the message.
+        message = database_error_message(exc)
+        report.outcome, report.error = "failed", message
+        raise CommandError(message) from None
     except CommandError as exc:
         if report.outcome in ("running", "dry-run"):
             report.outcome = "failed"

@@ -64,13 +64,6 @@ def terminate(m: Migration, only: str | None = None) -> int:
         )
 
 
-DROPPED_UNWRAPPED = pytest.mark.xfail(
-    strict=True,
-    reason="ENGINE: a lost reader/Alembic connection escapes as a raw OperationalError "
-    "traceback, without the clean 'stopped; re-run resumes' message",
-)
-
-
 def drop_mid_run(m: Migration, vault_faults: FaultHandle, which: str) -> AlembicProcess:
     """Start ``upgrade head`` and terminate connections of the migration once it is under way."""
     m.upgrade("0001_users")
@@ -114,21 +107,7 @@ def test_dropped_connection_loses_nothing_and_rerun_resumes(
     assert_scheme(m.engine, m.vault, "invitations", data, "new", m.hmac_secret)
 
 
-DROPPED_UNWRAPPED = pytest.mark.xfail(
-    strict=True,
-    reason="ENGINE: a lost reader/Alembic connection escapes as a raw OperationalError "
-    "traceback, without the clean 'stopped; re-run resumes' message",
-)
-
-
-@pytest.mark.parametrize(
-    "which",
-    [
-        pytest.param("all", marks=DROPPED_UNWRAPPED),
-        "one-worker",
-        pytest.param("reader", marks=DROPPED_UNWRAPPED),
-    ],
-)
+@pytest.mark.parametrize("which", ["all", "one-worker", "reader"])
 def test_dropped_connection_stops_with_a_clear_message(
     migration: Migration, vault_faults: FaultHandle, which: str
 ) -> None:

@@ -294,11 +294,6 @@ def test_in_process_runs_at_debug_show_no_secret(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ENGINE: with sqlalchemy.engine at DEBUG, SQLAlchemy logs result rows, so a value "
-    "stored as plaintext in the database appears in the log",
-)
 def test_plaintext_stored_in_the_database_is_not_logged_at_debug(
     migration: Migration, db_password: str, tmp_path: Path
 ) -> None:
