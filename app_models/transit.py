@@ -296,6 +296,12 @@ class TransitClient:
         try:
             return fn(**kw)
         except hvac.exceptions.Forbidden:
+            if not self._token_valid():
+                raise VaultRequestError(
+                    f"Vault answered 'permission denied' to {what}: the token is no longer "
+                    "valid (expired or revoked). The run stopped cleanly; set VAULT_TOKEN to a "
+                    "valid token and run the same command again to resume"
+                ) from None
             policy = (
                 f" The token's policy needs:\n  {needs}"
                 if needs
@@ -303,7 +309,7 @@ class TransitClient:
             )
             raise VaultRequestError(
                 f"Vault answered 'permission denied' to {what}: the token lacks a capability "
-                f"on that path, or has expired.{policy}"
+                f"on that path.{policy}"
             ) from None
         except (hvac.exceptions.VaultDown, hvac.exceptions.BadGateway) as exc:
             raise VaultUnavailableError(
@@ -315,6 +321,16 @@ class TransitClient:
                 f"cannot reach Vault during {what} ({type(exc).__name__}) after retries; "
                 "the run stopped cleanly and resumes from its checkpoint when re-run"
             ) from None
+
+    def _token_valid(self) -> bool:
+        """After a 403: does the token itself still work (lookup-self is in every policy)?"""
+        try:
+            self._client.auth.token.lookup_self()
+        except hvac.exceptions.Forbidden:
+            return False
+        except Exception:
+            return True
+        return True
 
     # -- keys -------------------------------------------------------------------------------
 
