@@ -484,18 +484,22 @@ class _Db:
         return sa.select(*self.select_cols).where(self.pk.in_(pks)).order_by(self.pk)
 
     def _pg_write(self) -> sa.Update:
-        """One set-based compare-and-swap UPDATE per batch, via ``unnest`` of arrays."""
+        """One set-based compare-and-swap UPDATE per batch.
+
+        The batch travels as one JSON document read by ``json_to_recordset``: one parameter
+        whatever the batch size, serialised by the C JSON encoder, and no per-element array
+        adaptation on the client.
+        """
         t = self.spec.table
-        pk_type = self.pk.type
-        args: list[Any] = [sa.bindparam("ids", type_=pg.ARRAY(pk_type))]
-        cols: list[Any] = [sa.column("id", pk_type)]
-        for c in self.read_cols:
-            args.append(sa.bindparam(f"o_{c}", type_=pg.ARRAY(sa.Text)))
-            cols.append(sa.column(f"o_{c}", sa.Text))
-        for col in self.spec.columns:
-            args.append(sa.bindparam(f"n_{col.name}", type_=pg.ARRAY(sa.Text)))
-            cols.append(sa.column(f"n_{col.name}", sa.Text))
-        v = sa.func.unnest(*args).table_valued(*cols).render_derived(name="v")
+        cols: list[Any] = [sa.column("id", self.pk.type)]
+        cols += [sa.column(f"o_{c}", sa.Text) for c in self.read_cols]
+        cols += [sa.column(f"n_{col.name}", sa.Text) for col in self.spec.columns]
+        doc = sa.bindparam("doc", type_=pg.JSON(none_as_null=True))
+        v = (
+            sa.func.json_to_recordset(doc)
+            .table_valued(*cols)
+            .render_derived(name="v", with_types=True)
+        )
         where = [self.pk == v.c.id]
         where += [t.c[c].is_not_distinct_from(v.c[f"o_{c}"]) for c in self.read_cols]
         return (
@@ -520,12 +524,16 @@ class _Db:
         if not rows:
             return set()
         if self.postgres:
-            params: dict[str, list[Any]] = {"ids": [r.pk for r in rows]}
-            for c in self.read_cols:
-                params[f"o_{c}"] = [r.values[c] for r in rows]
-            for col in self.spec.columns:
-                params[f"n_{col.name}"] = [r.new.get(col.name, r.values[col.name]) for r in rows]
-            return {pk for (pk,) in conn.execute(self.write_stmt, params)}
+            text_ids = isinstance(self.pk.type, sa.Uuid)  # JSON has no UUID type
+            doc = []
+            for r in rows:
+                item: dict[str, Any] = {"id": str(r.pk) if text_ids else r.pk}
+                for c in self.read_cols:
+                    item[f"o_{c}"] = r.values[c]
+                for col in self.spec.columns:
+                    item[f"n_{col.name}"] = r.new.get(col.name, r.values[col.name])
+                doc.append(item)
+            return {pk for (pk,) in conn.execute(self.write_stmt, {"doc": doc})}
         done: set[Any] = set()
         for r in rows:
             p: dict[str, Any] = {"b_id": r.pk}

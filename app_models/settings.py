@@ -21,7 +21,7 @@ from app_models.tables import TABLE_NAMES
 PlaintextPolicy = Literal["fail", "encrypt", "skip"]
 OnErrorPolicy = Literal["abort", "skip"]
 
-DEFAULT_BATCH_SIZE: Final = 500
+DEFAULT_BATCH_SIZE: Final = 1000
 DEFAULT_WORKERS: Final = 4
 MAX_BATCH_SIZE: Final = 10_000
 MAX_WORKERS: Final = 64

@@ -16,14 +16,13 @@ Nothing here logs or returns a plaintext, a token or a secret in an error.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import hvac
 import hvac.exceptions
@@ -66,8 +65,7 @@ class KeyInfo:
     supports_decryption: bool
 
 
-@dataclass(frozen=True, slots=True)
-class ItemResult:
+class ItemResult(NamedTuple):
     """One item of a batch: ``value`` (ciphertext, or base64 plaintext) or ``error``."""
 
     value: str | None
@@ -78,21 +76,19 @@ class ItemResult:
         return self.error is None
 
 
-@dataclass(frozen=True, slots=True)
-class DecryptRequest:
+class DecryptRequest(NamedTuple):
     ciphertext: str
     context: str | None  # the context string, e.g. "users.email"; None: no context
 
 
-@dataclass(frozen=True, slots=True)
-class EncryptRequest:
+class EncryptRequest(NamedTuple):
     plaintext_b64: str
     context: str | None
 
 
 def hmac_hex(secret: str, plaintext: bytes) -> str:
     """The HMAC companion of DESIGN.md: lowercase hex HMAC-SHA256 keyed by the secret's UTF-8."""
-    return hmac.new(secret.encode("utf-8"), plaintext, hashlib.sha256).hexdigest()
+    return hmac.digest(secret.encode("utf-8"), plaintext, "sha256").hex()
 
 
 def hmac_matches(secret: str, plaintext: bytes, companion: str) -> bool:

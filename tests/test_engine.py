@@ -317,3 +317,30 @@ def test_target_key_version_is_pinned(migration: Migration) -> None:
     assert_scheme(
         migration.engine, migration.vault, "invitations", data, "new", migration.hmac_secret
     )
+
+
+AWKWARD = [
+    "emoji 🚀 and CJK 東京 and combining é",
+    "quotes \" ' and backslash \\ and \\u0041 literally",
+    "newline\nreturn\r\ntab\tend",
+    "x" * 50_000,
+    "",
+]
+
+
+@pytest.mark.parametrize("text", AWKWARD, ids=["unicode", "escapes", "controls", "long", "empty"])
+def test_compare_and_swap_keeps_awkward_unmigrated_values(migration: Migration, text: str) -> None:
+    """A skipped plaintext in one column travels through the write's comparison unchanged."""
+    data = seed_invitations(migration, 3)
+    pk = sorted(data)[1]
+    set_value(migration, pk, token=text, token_hmac=None)
+    report = migration.upgrade("0002_invitations", plaintext="skip")
+    summary = next(t for t in report["tables"] if t["table"] == "invitations")
+    assert summary["changed_concurrently"] == 0
+    assert summary["rows_failed"] == 0
+    stored = read_table(migration.engine, "invitations")
+    assert stored[pk]["token"] == text
+    plain = migration.vault.decrypt(
+        migration.vault.new_key, [stored[pk]["email"]], ["invitations.email"]
+    )
+    assert plain == [data[pk]["email"]]
