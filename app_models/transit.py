@@ -370,58 +370,51 @@ class TransitClient:
 
     def decrypt_batch(self, key: str, items: Sequence[DecryptRequest]) -> list[ItemResult]:
         """Decrypt every item; results in input order, ``value`` = base64 plaintext."""
-        out: list[ItemResult] = []
-        sizes = [len(it.ciphertext) for it in items]
-        for lo, hi in _chunks(items, sizes):
-            batch = []
-            for it in items[lo:hi]:
-                entry = {"ciphertext": it.ciphertext}
-                if it.context is not None:
-                    entry["context"] = b64_context(it.context)
-                batch.append(entry)
-            results = self._batch(
-                f"decrypt with key {key!r}",
-                self._client.secrets.transit.decrypt_data,
-                needs=f'path "{self.mount}/decrypt/{key}" {{ capabilities = ["update"] }}',
-                name=key,
-                batch_input=batch,
-                mount_point=self.mount,
-            )
-            out.extend(
-                ItemResult(
-                    r.get("plaintext") if not r.get("error") else None, r.get("error") or None
-                )
-                for r in results
-            )
-        return out
+        return self._transit_batch("decrypt", key, items, field="ciphertext", answer="plaintext")
 
     def encrypt_batch(
         self, key: str, items: Sequence[EncryptRequest], key_version: int | None
     ) -> list[ItemResult]:
         """Encrypt every item with ``key`` at ``key_version``; ``value`` = ciphertext."""
+        extra = {} if key_version is None else {"key_version": key_version}
+        return self._transit_batch(
+            "encrypt", key, items, field="plaintext", answer="ciphertext", extra=extra
+        )
+
+    def _transit_batch(
+        self,
+        op: str,
+        key: str,
+        items: Sequence[tuple[str, str | None]],
+        *,
+        field: str,
+        answer: str,
+        extra: dict[str, Any] | None = None,
+    ) -> list[ItemResult]:
+        """``batch_input`` requests of ``(value, context)`` items, split under Vault's limits."""
+        transit = self._client.secrets.transit
+        fn = transit.decrypt_data if op == "decrypt" else transit.encrypt_data
+        needs = f'path "{self.mount}/{op}/{key}" {{ capabilities = ["update"] }}'
         out: list[ItemResult] = []
-        sizes = [len(it.plaintext_b64) for it in items]
-        for lo, hi in _chunks(items, sizes):
+        for lo, hi in _chunks(items, [len(value) for value, _ctx in items]):
             batch = []
-            for it in items[lo:hi]:
-                entry: dict[str, Any] = {"plaintext": it.plaintext_b64}
-                if it.context is not None:
-                    entry["context"] = b64_context(it.context)
-                if key_version is not None:
-                    entry["key_version"] = key_version
+            for value, context in items[lo:hi]:
+                entry: dict[str, Any] = {field: value, **(extra or {})}
+                if context is not None:
+                    entry["context"] = b64_context(context)
                 batch.append(entry)
             results = self._batch(
-                f"encrypt with key {key!r}",
-                self._client.secrets.transit.encrypt_data,
-                needs=f'path "{self.mount}/encrypt/{key}" {{ capabilities = ["update"] }}',
+                f"{op} with key {key!r}",
+                fn,
+                needs=needs,
                 name=key,
                 batch_input=batch,
                 mount_point=self.mount,
             )
             out.extend(
-                ItemResult(
-                    r.get("ciphertext") if not r.get("error") else None, r.get("error") or None
-                )
+                ItemResult(None, error)
+                if (error := r.get("error"))
+                else ItemResult(r.get(answer), None)
                 for r in results
             )
         return out
