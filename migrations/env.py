@@ -21,7 +21,7 @@ from alembic.util import CommandError
 
 from app_models import logsafety
 from app_models.errors import ContextEncryptionError, database_error_message
-from app_models.migration import RUNTIME_KEY, TRANSIT_FACTORY_KEY
+from app_models.migration import RUNTIME_KEY, TRANSIT_FACTORY_KEY, single_run
 from app_models.plan import check_table_filter, plan
 from app_models.preflight import require_database, run_preflight
 from app_models.reencrypt import RunContext
@@ -90,19 +90,20 @@ def _run(connection: sa.Connection, settings: Settings) -> None:
         finally:
             outer.rollback()
         return
-    external = connection.in_transaction()
-    context.configure(
-        connection=connection,
-        version_table=VERSION_TABLE,
-        transaction_per_migration=True,
-    )
-    _before_first_row(settings, connection)
-    if not external and connection.in_transaction():
-        # Reading the current heads autobegan a transaction; end it so that Alembic begins
-        # (and commits) one transaction per revision as configured.
-        connection.commit()
-    with context.begin_transaction():
-        context.run_migrations()
+    with single_run(connection):
+        external = connection.in_transaction()
+        context.configure(
+            connection=connection,
+            version_table=VERSION_TABLE,
+            transaction_per_migration=True,
+        )
+        _before_first_row(settings, connection)
+        if not external and connection.in_transaction():
+            # Reading the current heads autobegan a transaction; end it so that Alembic begins
+            # (and commits) one transaction per revision as configured.
+            connection.commit()
+        with context.begin_transaction():
+            context.run_migrations()
 
 
 def _connect_and_run(settings: Settings) -> None:

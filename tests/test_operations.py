@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.util import CommandError
 
+from app_models.migration import RUN_LOCK_KEY
 from app_models.tables import TABLE_NAMES, metadata
 from tests.migration_fixtures import Migration
 from tests.seeding import assert_scheme, sample_rows, seed, snapshot
@@ -117,3 +118,20 @@ def test_dry_run_leaves_the_database_byte_identical(migration: Migration) -> Non
     assert sum(t["rows_scanned"] for t in report["tables"]) == 8 * 5
     migration.downgrade("base", dry_run="true")
     assert dump() == before
+
+
+def test_a_second_live_run_stops_before_any_work(migration: Migration) -> None:
+    """Two live runs on one database would race: the second stops before touching anything."""
+    data = seed_all(migration, 4)
+    with migration.engine.connect() as other:
+        assert other.execute(sa.select(sa.func.pg_try_advisory_lock(RUN_LOCK_KEY))).scalar()
+        other.commit()
+        with pytest.raises(CommandError) as err:
+            migration.upgrade("head")
+        assert "another context-encryption migration run holds" in str(err.value)
+        assert migration.current() is None
+    # the other run is gone (its session ended): the lock is free again
+    migration.upgrade("0001_users")
+    assert_scheme(
+        migration.engine, migration.vault, "users", data["users"], "new", migration.hmac_secret
+    )
