@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 
 from app_models.errors import (
     ContextEncryptionError,
@@ -516,6 +517,39 @@ def check_hmac_secret(report: PreflightReport, settings: Settings, tables: Seque
 # --------------------------------------------------------------------------------------------
 
 
+def scan_table_versions(
+    conn: sa.Connection, table: str, columns: Sequence[str]
+) -> dict[str, dict[int, int]]:
+    """{column: {key version: number of values}} for ``columns`` of ``table``.
+
+    PostgreSQL: one scan of the table for all its columns (a lateral ``unnest``), so the
+    preflight reads a large table once rather than once per column. Elsewhere: per column.
+    """
+    if conn.dialect.name != "postgresql" or not columns:
+        return {c: scan_versions(conn, table, c) for c in columns}
+    t = metadata.tables[table]
+    names = pg.array([sa.literal(c, sa.Text) for c in columns])
+    versions = pg.array([sa.func.substring(t.c[c], r"^vault:v([0-9]+):") for c in columns])
+    x = (
+        sa.func.unnest(names, versions)
+        .table_valued(sa.column("col", sa.Text), sa.column("v", sa.Text))
+        .render_derived(name="x")
+        .lateral()
+    )
+    stmt = (
+        sa.select(x.c.col, x.c.v, sa.func.count())
+        .select_from(t)
+        .join(x, sa.true())
+        .where(x.c.v.is_not(None))
+        .group_by(x.c.col, x.c.v)
+    )
+    out: dict[str, dict[int, int]] = {c: {} for c in columns}
+    for col, v, n in conn.execute(stmt):
+        if isinstance(v, str) and v.isdigit() and len(v) <= 9:
+            out[col][int(v)] = out[col].get(int(v), 0) + int(n)
+    return out
+
+
 def scan_versions(conn: sa.Connection, table: str, column: str) -> dict[int, int]:
     """{key version: number of values} of ``table.column`` (values with a ``vault:v`` prefix).
 
@@ -599,8 +633,9 @@ def check_versions(
                     "or leave the table out (-x tables=...)",
                 )
                 continue
+            scanned = scan_table_versions(conn, table, [c.name for c in ENCRYPTED_COLUMNS[table]])
             for col in ENCRYPTED_COLUMNS[table]:
-                versions = scan_versions(conn, table, col.name)
+                versions = scanned[col.name]
                 report.versions[f"{table}.{col.name}"] = versions
                 for v, n in sorted(versions.items()):
                     if lo <= max(v, 1) <= hi:  # Vault reads version 0 as version 1
