@@ -3,8 +3,9 @@
 The table filter (``-x tables=``) and the preflight need to know, before the first revision
 runs, which revisions the command will apply, in which direction, and which tables they touch.
 Alembic computes its steps from the migration function the command hands to ``env.py``
-(``MigrationContext.opts["fn"]``); calling it is free of side effects, so the plan is exactly
-the list Alembic is about to run.
+(``MigrationContext.opts["fn"]``); for upgrade, downgrade and stamp that function only computes
+steps, so the plan is exactly the list Alembic is about to run. (``alembic current`` hands in a
+function that prints: env.py does not plan for it.)
 """
 
 from __future__ import annotations

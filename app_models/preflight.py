@@ -44,7 +44,7 @@ from app_models.errors import (
     VaultRequestError,
     VaultUnavailableError,
 )
-from app_models.settings import Settings
+from app_models.settings import Settings, safe_url
 from app_models.tables import ENCRYPTED_COLUMNS, TABLE_NAMES, context_string, metadata
 from app_models.transit import PERMISSION_DENIED, DecryptRequest, KeyInfo, TransitClient
 
@@ -182,13 +182,17 @@ def _duration(seconds: int) -> str:
 
 
 def _safe_url(url: sa.URL) -> str:
-    return url.render_as_string(hide_password=True)
+    return safe_url(url)
 
 
 def _scrub(text: str, url: sa.URL) -> str:
     """An error text without the database password, should a driver ever echo it."""
     if url.password:
         text = text.replace(str(url.password), "***")
+    for key, value in url.query.items():
+        if any(s in key.lower() for s in ("password", "secret", "token", "key")):
+            for v in (value,) if isinstance(value, str) else value:
+                text = text.replace(v, "***")
     return text.splitlines()[0] if text else text
 
 

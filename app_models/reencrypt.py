@@ -67,6 +67,11 @@ from app_models.transit import (
 log = logging.getLogger("context_encryption")
 
 CAS_ROUNDS: Final = 3
+WRITE_ATTEMPTS: Final = 3
+#: Database errors after which a batch's write is tried again (its CAS keeps that safe).
+TRANSIENT_DB_ERRORS: Final = frozenset(
+    {"LockNotAvailable", "DeadlockDetected", "SerializationFailure"}
+)
 VAULT_PREFIX: Final = "vault:"
 
 checkpoint_metadata = sa.MetaData()
@@ -79,7 +84,21 @@ checkpoint_table = sa.Table(
     sa.Column("batch_seq", sa.BigInteger, nullable=False),
     sa.Column("last_pk", sa.Text, nullable=True),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
+    # what the run that wrote it used: a resumed run must encrypt the same way
+    sa.Column("source_key", sa.Text, nullable=True),
+    sa.Column("target_key", sa.Text, nullable=True),
+    sa.Column("target_version", sa.Integer, nullable=True),
 )
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A stopped run's progress: resume after ``last_pk`` (None: before the first row)."""
+
+    last_pk: str | None
+    source_key: str | None
+    target_key: str | None
+    target_version: int | None
 
 
 class Direction(enum.Enum):
@@ -193,6 +212,7 @@ class TableSummary:
     vault_requests: int = 0
     seconds: float = 0.0
     resumed_after: str | None = None
+    status: str = "running"  # completed, aborted (on-error=abort), stopped (an error), dry-run
     columns: dict[str, ColumnCounts] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)
 
@@ -228,6 +248,7 @@ class TableSummary:
             "vault_requests": self.vault_requests,
             "seconds": round(self.seconds, 3),
             "resumed_after": self.resumed_after,
+            "status": self.status,
             "columns": {k: v.as_dict() for k, v in self.columns.items()},
             "failures": self.failures,
         }
@@ -299,8 +320,18 @@ class RunContext:
 # --------------------------------------------------------------------------------------------
 
 
-def _explain(source_error: str, source: Scheme, target: Scheme) -> str:
-    """A reason naming keys and what to do, from Vault's error text (which holds no values)."""
+def _explain(source_error: str, target_error: str, source: Scheme, target: Scheme) -> str:
+    """A reason naming keys and what to do, from Vault's error texts (which hold no values).
+
+    ``source_error`` is Vault's answer to the decrypt with the source scheme, ``target_error``
+    its answer to the trial decrypt with the target scheme.
+    """
+    if TOO_OLD in target_error and AUTH_FAILED in source_error:
+        return (
+            f"looks already migrated, but its version is below the minimum decryption version "
+            f"of {target.describe()} (Vault: disallowed by policy (too old)); lower that key's "
+            "min_decryption_version"
+        )
     if MISSING_CONTEXT in source_error:
         return (
             f"cannot be decrypted with {source.describe()}: Vault says \"missing 'context' for "
@@ -316,7 +347,7 @@ def _explain(source_error: str, source: Scheme, target: Scheme) -> str:
     if NO_PREFIX in source_error:
         return (
             "Vault says 'invalid ciphertext: no prefix': the value starts with 'vault:' but is "
-            "not Transit ciphertext; if the column holds plaintext see -x plaintext=encrypt|skip"
+            "not Transit ciphertext (damaged, or another format)"
         )
     if TOO_OLD in source_error:
         return (
@@ -324,7 +355,10 @@ def _explain(source_error: str, source: Scheme, target: Scheme) -> str:
             "(Vault: disallowed by policy (too old)); lower min_decryption_version with "
             f"vault write <mount>/keys/{source.key}/config min_decryption_version=<n>"
         )
-    return f"unreadable ciphertext: Vault says {source_error!r} for {source.describe()}"
+    return (
+        f"unreadable ciphertext: Vault says {source_error!r} for {source.describe()} and "
+        f"{target_error!r} for {target.describe()}"
+    )
 
 
 def process_rows(
@@ -402,7 +436,7 @@ def process_rows(
                 if res.error is None:
                     row.outcomes[col.name] = Outcome.ALREADY
                 else:
-                    fail(row, col.name, _explain(src_err, source, target))
+                    fail(row, col.name, _explain(src_err, res.error, source, target))
 
     # 3. check plaintexts: valid base64 from Vault, UTF-8 text, HMAC companion
     for row, col, b64 in decrypted:
@@ -585,16 +619,16 @@ def ensure_checkpoint_table(engine: sa.Engine) -> None:
         checkpoint_table.create(conn, checkfirst=True)
 
 
-def read_checkpoint(conn: sa.Connection, revision: str, direction: Direction) -> str | None:
+def read_checkpoint(conn: sa.Connection, revision: str, direction: Direction) -> Checkpoint | None:
     if not sa.inspect(conn).has_table(checkpoint_table.name):
         return None
+    c = checkpoint_table.c
     row = conn.execute(
-        sa.select(checkpoint_table.c.last_pk).where(
-            checkpoint_table.c.revision == revision,
-            checkpoint_table.c.direction == direction.value,
+        sa.select(c.last_pk, c.source_key, c.target_key, c.target_version).where(
+            c.revision == revision, c.direction == direction.value
         )
     ).first()
-    return None if row is None else row[0]
+    return None if row is None else Checkpoint(*row)
 
 
 def clear_checkpoints(conn: sa.Connection, revision: str) -> None:
@@ -615,24 +649,23 @@ class _Checkpointer:
         self.revision = revision
         self.direction = direction
         self.table = table
+        #: recorded with the checkpoint, checked when a run resumes
+        self.source_key: str | None = None
+        self.target_key: str | None = None
+        self.target_version: int | None = None
         self._lock = threading.Lock()
         self._done: set[int] = set()
         self._contiguous = -1  # highest seq s such that 0..s are all committed
         self._last_pk: dict[int, str] = {}
 
-    def start(self, conn: sa.Connection, resumed_after: str | None) -> None:
+    def start(self, conn: sa.Connection, resumed: Checkpoint | None) -> None:
         c = checkpoint_table.c
         conn.execute(
             sa.delete(checkpoint_table).where(
                 c.revision == self.revision, c.direction == self.direction.opposite.value
             )
         )
-        if resumed_after is None:
-            conn.execute(
-                sa.delete(checkpoint_table).where(
-                    c.revision == self.revision, c.direction == self.direction.value
-                )
-            )
+        if resumed is None:
             conn.execute(
                 sa.insert(checkpoint_table).values(
                     revision=self.revision,
@@ -641,6 +674,9 @@ class _Checkpointer:
                     batch_seq=-1,
                     last_pk=None,
                     updated_at=sa.func.now(),
+                    source_key=self.source_key,
+                    target_key=self.target_key,
+                    target_version=self.target_version,
                 )
             )
         else:
@@ -749,14 +785,22 @@ def migrate_table(
             f"table {spec.name} has HMAC companions but ENCRYPTION_HMAC_SECRET is not set "
             "(environment variable, or -x hmac-secret=...)"
         )
-    _TableRun(
-        bind.engine, spec, revision=revision, direction=direction, run=run, summary=summary
-    ).execute()
+    try:
+        _TableRun(
+            bind.engine, spec, revision=revision, direction=direction, run=run, summary=summary
+        ).execute()
+    except BaseException:
+        # the report still gets what was done before the stop (failures included)
+        summary.status = "stopped"
+        run.on_summary(summary)
+        raise
+    aborted = bool(summary.rows_failed) and settings.on_error == "abort" and not settings.dry_run
+    summary.status = "dry-run" if settings.dry_run else "aborted" if aborted else "completed"
     log.info("%s", summary.log_line())
     for line in summary.column_lines():
         log.info("%s", line)
     run.on_summary(summary)
-    if summary.rows_failed and settings.on_error == "abort" and not settings.dry_run:
+    if aborted:
         raise _aborted(summary)
     if not settings.dry_run:
         clear_checkpoints(bind, revision)
@@ -855,31 +899,59 @@ class _TableRun:
             self.summary.target_key_version = self.target_version
             last_pk = self._resume_point()
             self._run_batches(last_pk)
-            self.summary.vault_requests = self.workers.vault_requests()
         finally:
+            self.summary.vault_requests = self.workers.vault_requests()
             self.workers.close()
             self.summary.seconds = time.monotonic() - started
 
     def _resume_point(self) -> Any:
-        resumed_after: str | None
+        """Where a stopped run left off; the key version it pinned is kept for this run."""
+        resumed: Checkpoint | None
         if self.settings.dry_run:
             with self.engine.connect() as conn:
-                resumed_after = read_checkpoint(conn, self.revision, self.direction)
+                resumed = read_checkpoint(conn, self.revision, self.direction)
+            self._check_resume(resumed)
         else:
             ensure_checkpoint_table(self.engine)
             with self.engine.begin() as conn:
-                resumed_after = read_checkpoint(conn, self.revision, self.direction)
-                self.checkpointer.start(conn, resumed_after)
-        self.summary.resumed_after = resumed_after
-        if resumed_after is None:
+                resumed = read_checkpoint(conn, self.revision, self.direction)
+                self._check_resume(resumed)
+                self.checkpointer.source_key = self.source.key
+                self.checkpointer.target_key = self.target.key
+                self.checkpointer.target_version = self.target_version
+                self.checkpointer.start(conn, resumed)
+        if resumed is None or resumed.last_pk is None:
             return None
+        self.summary.resumed_after = resumed.last_pk
         log.info(
             "%s: resuming %s after id=%s (last committed checkpoint)",
             self.spec.name,
             self.direction.value,
-            resumed_after,
+            resumed.last_pk,
         )
-        return pk_from_text(resumed_after, self.db.pk)
+        return pk_from_text(resumed.last_pk, self.db.pk)
+
+    def _check_resume(self, resumed: Checkpoint | None) -> None:
+        if resumed is None or resumed.target_key is None:
+            return
+        if (resumed.source_key, resumed.target_key) != (self.source.key, self.target.key):
+            raise PreflightError(
+                f"{self.spec.name}: a stopped {self.direction.value} of {self.revision} used "
+                f"keys {resumed.source_key!r} -> {resumed.target_key!r}; this run would use "
+                f"{self.source.key!r} -> {self.target.key!r}. Finish it with the same keys "
+                "(VAULT_OLD_KEY / VAULT_NEW_KEY), so the column is not split between keys"
+            )
+        if resumed.target_version is not None and resumed.target_version != self.target_version:
+            log.info(
+                "%s: resuming with key %r version %d, as pinned by the stopped run (latest is "
+                "%d), so the column is not split between versions",
+                self.spec.name,
+                self.target.key,
+                resumed.target_version,
+                self.target_version,
+            )
+            self.target_version = resumed.target_version
+            self.summary.target_key_version = resumed.target_version
 
     def _read_batches(self, last_pk: Any) -> Generator[list[_Row], None, None]:
         """Keyset paging on one connection, each page in its own short transaction."""
@@ -919,8 +991,8 @@ class _TableRun:
                 b = fut.result()
                 self.summary.merge_batch(b)
                 progress.update(self.summary.rows_scanned)
-                if b.errors and self.abort:
-                    self.stop.set()
+                if b.errors and self.abort and not self.settings.dry_run:
+                    self.stop.set()  # a dry run previews the whole table
 
         reader = self._read_batches(last_pk)
         with ThreadPoolExecutor(self.n_workers, thread_name_prefix="reencrypt") as pool:
@@ -961,6 +1033,13 @@ class _TableRun:
                     result.columns.setdefault(col, ColumnCounts()).add(outcome, sign)
 
     def _process_batch(self, seq: int, rows: list[_Row]) -> BatchResult:
+        """Migrate one batch: classify and re-encrypt, compare-and-swap, checkpoint.
+
+        The checkpoint only advances past a batch whose every row ended migrated, already in
+        the target scheme, NULL, skipped plaintext or deleted. A batch with a failed row (in
+        either on-error mode) or a row that kept changing holds the checkpoint back, so a
+        resumed run always looks at that row again.
+        """
         conn, transit = self.workers.get()
         db, spec = self.db, self.spec
         result = BatchResult(seq, rows[0].pk, rows[-1].pk, rows_scanned=len(rows))
@@ -975,34 +1054,32 @@ class _TableRun:
                 settings=self.settings,
                 transit=transit,
             )
-            final = round_no == CAS_ROUNDS
             errors = [e for r in pending for e in r.errors]
             result.errors.extend(errors)
-            self._count(result, pending)
-            if self.settings.dry_run or (self.abort and (errors or self.stop.is_set())):
+            if self.settings.dry_run:
+                self._count(result, pending)
                 return result
+            if self.abort and (errors or self.stop.is_set()):
+                # nothing of this batch is written: count only what failed
+                self._count(result, [r for r in pending if r.errors])
+                return result
+            self._count(result, pending)
             writes = [r for r in pending if not r.errors and r.new]
-            with conn.begin():
-                db.set_timeouts(conn, self.settings)
-                written = db.write(conn, writes)
-                lost = [r for r in writes if r.pk not in written]
-                if not lost or final:
-                    self.checkpointer.advance_in(conn, seq)
-            if not lost or final:
-                self.checkpointer.committed(seq)
+            written, lost = self._write(conn, seq, writes, clean=not result.errors)
             result.rows_written += len(written)
             if not lost:
                 return result
             # Rows that changed between our read and our write: nothing of ours was written to
             # them. Take back their counts, then re-read and handle them again.
             self._count(result, lost, -1)
-            if final:
+            if round_no == CAS_ROUNDS:
                 result.errors.extend(
                     RowError(
                         spec.name,
                         "*",
                         r.pk,
-                        f"kept changing during {CAS_ROUNDS} rounds; re-run to migrate it",
+                        f"kept changing during {CAS_ROUNDS + 1} attempts; it was left as the "
+                        "application wrote it. Re-run to migrate it",
                     )
                     for r in lost
                 )
@@ -1013,9 +1090,42 @@ class _TableRun:
                 fresh = db.to_rows(conn.execute(db.select_pks([r.pk for r in lost])).all())
             result.deleted_concurrently += len(lost) - len(fresh)
             pending = fresh
-            if not pending:
-                with conn.begin():
-                    self.checkpointer.advance_in(conn, seq)
-                self.checkpointer.committed(seq)
+            if not pending:  # all of them were deleted meanwhile
+                self._write(conn, seq, [], clean=not result.errors)
                 return result
         return result
+
+    def _write(
+        self, conn: sa.Connection, seq: int, writes: list[_Row], *, clean: bool
+    ) -> tuple[set[Any], list[_Row]]:
+        """One transaction: the compare-and-swap, and the checkpoint when the batch is done.
+
+        A lock timeout, deadlock or serialization failure is retried a few times with a pause
+        (the compare-and-swap makes a retry safe); anything else stops the run.
+        """
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                with conn.begin():
+                    self.db.set_timeouts(conn, self.settings)
+                    written = self.db.write(conn, writes)
+                    lost = [r for r in writes if r.pk not in written]
+                    advance = clean and not lost
+                    if advance:
+                        self.checkpointer.advance_in(conn, seq)
+                if advance:
+                    self.checkpointer.committed(seq)
+                return written, lost
+            except sa.exc.OperationalError as exc:
+                name = type(exc.orig).__name__
+                if name not in TRANSIENT_DB_ERRORS or attempt == WRITE_ATTEMPTS - 1:
+                    raise
+                log.info(
+                    "%s: batch %d: %s, retrying (%d of %d)",
+                    self.spec.name,
+                    seq,
+                    name,
+                    attempt + 1,
+                    WRITE_ATTEMPTS - 1,
+                )
+                time.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover

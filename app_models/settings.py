@@ -84,7 +84,7 @@ class Settings:
             if isinstance(value, Secret):
                 value = "set"
             elif isinstance(value, sa.URL):
-                value = value.render_as_string(hide_password=True)
+                value = safe_url(value)
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value
@@ -145,6 +145,22 @@ def _parse_tables(raw: str) -> tuple[str, ...] | None:
             f"known tables: {', '.join(TABLE_NAMES)}"
         )
     return tuple(t for t in TABLE_NAMES if t in names)  # chain order, no duplicates
+
+
+_SECRET_QUERY_KEYS: Final = ("password", "secret", "token", "key")
+
+
+def safe_url(url: sa.URL) -> str:
+    """The URL as text for logs and reports: the password and secret-looking query values masked.
+
+    ``hide_password`` only masks the password part; libpq also takes ``?password=`` (and
+    ``sslpassword``, ``sslkey``...) in the query string.
+    """
+    masked = {
+        k: ("***" if any(s in k.lower() for s in _SECRET_QUERY_KEYS) else v)
+        for k, v in url.query.items()
+    }
+    return url.set(query=masked).render_as_string(hide_password=True)
 
 
 def parse_database_url(raw: str) -> sa.URL:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import json
 import logging
 import threading
 import time
@@ -92,7 +93,9 @@ def hmac_hex(secret: str, plaintext: bytes) -> str:
 
 
 def hmac_matches(secret: str, plaintext: bytes, companion: str) -> bool:
-    return hmac.compare_digest(hmac_hex(secret, plaintext), companion.strip().lower())
+    # bytes: compare_digest refuses non-ASCII str, and a damaged companion is just a mismatch
+    expected = hmac_hex(secret, plaintext).encode("ascii")
+    return hmac.compare_digest(expected, companion.strip().lower().encode("utf-8"))
 
 
 _B64_CACHE: dict[str, str] = {}
@@ -425,6 +428,12 @@ class TransitClient:
             resp = self._call(what, fn, **kw)
         except (hvac.exceptions.InvalidRequest, hvac.exceptions.InternalServerError) as exc:
             body = exc.json if isinstance(getattr(exc, "json", None), dict) else None
+            if body is None:  # hvac parses JSON only for exactly "application/json"
+                try:
+                    body = json.loads(getattr(exc, "text", None) or "null")
+                except ValueError:
+                    body = None
+                body = body if isinstance(body, dict) else None
             results = (body or {}).get("data", {}) or {}
             results = results.get("batch_results") if isinstance(results, dict) else None
             if isinstance(results, list) and len(results) == expected:

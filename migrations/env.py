@@ -90,17 +90,26 @@ def _run(connection: sa.Connection, settings: Settings) -> None:
         finally:
             outer.rollback()
         return
+    external = connection.in_transaction()
+    context.configure(
+        connection=connection,
+        version_table=VERSION_TABLE,
+        transaction_per_migration=True,
+    )
+    migration_context = context.get_context()
+    if migration_context.opts.get("dont_mutate"):  # `alembic current`: read only, no run
+        with context.begin_transaction():
+            context.run_migrations()
+        return
     with single_run(connection):
-        external = connection.in_transaction()
-        context.configure(
-            connection=connection,
-            version_table=VERSION_TABLE,
-            transaction_per_migration=True,
-        )
         _before_first_row(settings, connection)
+        # Alembic's connection only stamps versions, but it stays open through each table's
+        # run: create the version table now and commit, so that no transaction that wrote
+        # anything stays open, and let PostgreSQL keep the idle session.
+        migration_context._ensure_version_table()
+        if connection.dialect.name == "postgresql":
+            connection.execute(sa.text("SET idle_in_transaction_session_timeout = 0"))
         if not external and connection.in_transaction():
-            # Reading the current heads autobegan a transaction; end it so that Alembic begins
-            # (and commits) one transaction per revision as configured.
             connection.commit()
         with context.begin_transaction():
             context.run_migrations()

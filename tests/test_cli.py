@@ -6,6 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from app_models.migration import RUN_LOCK_KEY
 from app_models.tables import TABLE_NAMES
 from tests.migration_fixtures import Migration
 from tests.seeding import assert_scheme, sample_rows, seed, snapshot
@@ -111,3 +112,12 @@ def test_dry_run_writes_nothing_and_stamps_nothing(migration: Migration) -> None
     assert migration.current() is None
     with migration.engine.connect() as conn:
         assert not sa.inspect(conn).has_table("context_encryption_checkpoint")
+
+
+def test_alembic_current_is_read_only_and_prints_once(migration: Migration) -> None:
+    migration.upgrade("0001_users")
+    with migration.engine.connect() as other:  # a live run in progress elsewhere
+        other.execute(sa.select(sa.func.pg_try_advisory_lock(RUN_LOCK_KEY)))
+        other.commit()
+        proc = migration.cli("current")
+    assert proc.stdout.count("0001_users") == 1

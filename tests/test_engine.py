@@ -39,23 +39,29 @@ def old_ct(m: Migration, text: str) -> str:
 
 
 class HookedTransit(TransitClient):
-    """A real TransitClient whose encrypt runs a hook first: a write at a chosen moment."""
+    """A real TransitClient whose encrypt runs a hook first: a write at a chosen moment.
+
+    The hook runs before the next ``times`` encrypt requests (default: the next one).
+    """
 
     hook: Callable[[], None] | None = None
+    times = 0
     lock = threading.Lock()
 
     def encrypt_batch(
         self, key: str, items: Sequence[EncryptRequest], key_version: int | None
     ) -> list[ItemResult]:
         with HookedTransit.lock:
-            hook, HookedTransit.hook = HookedTransit.hook, None
+            hook = HookedTransit.hook if HookedTransit.times > 0 else None
+            HookedTransit.times -= 1
         if hook is not None:
             hook()
         return super().encrypt_batch(key, items, key_version)
 
 
-def with_hook(m: Migration, hook: Callable[[], None]) -> Any:
+def with_hook(m: Migration, hook: Callable[[], None], times: int = 1) -> Any:
     HookedTransit.hook = hook
+    HookedTransit.times = times
 
     def make(settings: Settings) -> TransitClient:
         base = TransitClient.from_settings(settings)
@@ -344,3 +350,153 @@ def test_compare_and_swap_keeps_awkward_unmigrated_values(migration: Migration, 
         migration.vault.new_key, [stored[pk]["email"]], ["invitations.email"]
     )
     assert plain == [data[pk]["email"]]
+
+
+def test_a_row_that_keeps_changing_is_never_passed_by_the_checkpoint(migration: Migration) -> None:
+    """It stops the run unstamped (abort), and the re-run migrates it: it is not skipped."""
+    data = seed_invitations(migration, 10)
+    target = sorted(data)[4]
+    counter = iter(range(100))
+
+    def keep_changing() -> None:
+        text = f"changed {next(counter)}"
+        data[target]["email"] = text
+        set_value(
+            migration,
+            target,
+            email=old_ct(migration, text),
+            email_hmac=hmac_hex(migration.hmac_secret, text),
+        )
+
+    with pytest.raises(CommandError) as err:
+        run_upgrade(
+            migration,
+            "0002_invitations",
+            with_hook(migration, keep_changing, times=100),
+            workers=1,
+            batch_size=3,
+        )
+    assert f"invitations.* id={target}: kept changing" in str(err.value)
+    assert migration.current() == "0001_users"
+
+    report = migration.upgrade("0002_invitations", batch_size=3, workers=1)
+    summary = next(t for t in report["tables"] if t["table"] == "invitations")
+    assert summary["resumed_after"] == str(sorted(data)[2])  # before the row's batch
+    assert migration.current() == "0002_invitations"
+    assert_scheme(
+        migration.engine, migration.vault, "invitations", data, "new", migration.hmac_secret
+    )
+
+
+def test_skipped_failures_hold_the_checkpoint_back_across_a_crash(migration: Migration) -> None:
+    """on-error=skip, then the run dies: the re-run looks at the failing row again."""
+    data = seed_invitations(migration, 12)
+    pks = sorted(data)
+    bad = pks[4]  # second batch of four
+    set_value(migration, bad, token="vault:v1:not-a-ciphertext")
+    calls = iter(range(100))
+
+    def crash_at_the_third_encrypt() -> None:
+        if next(calls) == 2:  # batches 1 and 2 are committed by then
+            raise RuntimeError("simulated crash")
+
+    factory = with_hook(migration, crash_at_the_third_encrypt, times=100)
+    with pytest.raises(RuntimeError):
+        run_upgrade(
+            migration, "0002_invitations", factory, on_error="skip", batch_size=4, workers=1
+        )
+    assert migration.current() == "0001_users"
+
+    report = migration.upgrade("0002_invitations", on_error="skip", batch_size=4, workers=1)
+    summary = next(t for t in report["tables"] if t["table"] == "invitations")
+    assert summary["resumed_after"] == str(pks[3])  # not past the failing batch
+    assert [f["id"] for f in summary["failures"]] == [str(bad)]
+    assert migration.current() == "0002_invitations"
+
+
+def test_a_resumed_run_keeps_the_key_version_it_started_with(migration: Migration) -> None:
+    data = seed_invitations(migration, 12)
+    pks = sorted(data)
+    bad = pks[9]
+    set_value(migration, bad, token="plain")
+    with pytest.raises(CommandError):
+        migration.upgrade("0002_invitations", batch_size=4, workers=1)
+
+    client, mount = migration.vault.client, migration.vault.mount
+    client.secrets.transit.rotate_key(name=migration.vault.new_key, mount_point=mount)
+    data[bad]["token"] = "repaired"
+    set_value(
+        migration,
+        bad,
+        token=old_ct(migration, "repaired"),
+        token_hmac=hmac_hex(migration.hmac_secret, "repaired"),
+    )
+    report = migration.upgrade("0002_invitations", batch_size=4, workers=1)
+
+    summary = next(t for t in report["tables"] if t["table"] == "invitations")
+    assert summary["target_key_version"] == 1
+    stored = read_table(migration.engine, "invitations")
+    versions = {v.split(":")[1] for r in stored.values() for v in (r["email"], r["token"]) if v}
+    assert versions == {"v1"}
+    for col in ("email", "token"):
+        pks_with = [pk for pk in pks if data[pk][col] is not None]
+        plain = migration.vault.decrypt(
+            migration.vault.new_key,
+            [stored[pk][col] for pk in pks_with],
+            [f"invitations.{col}"] * len(pks_with),
+        )
+        assert plain == [data[pk][col] for pk in pks_with]
+
+
+def test_a_resumed_run_refuses_other_keys(migration: Migration) -> None:
+    data = seed_invitations(migration, 8)
+    set_value(migration, sorted(data)[6], token="plain")
+    with pytest.raises(CommandError):
+        migration.upgrade("0002_invitations", batch_size=4, workers=1)
+    migration.vault.client.secrets.transit.create_key(
+        name="other-new",
+        derived=True,
+        convergent_encryption=True,
+        mount_point=migration.vault.mount,
+    )
+    with pytest.raises(CommandError) as err:
+        migration.upgrade("0002_invitations", new_vault_key="other-new", on_error="skip")
+    assert "Finish it with the same keys" in str(err.value)
+
+
+def test_dry_run_previews_the_whole_table_despite_failures(migration: Migration) -> None:
+    data = seed_invitations(migration, 40)
+    pks = sorted(data)
+    set_value(migration, pks[2], token="plain")
+    with pytest.raises(CommandError):
+        migration.upgrade("0002_invitations", dry_run="true", batch_size=5, workers=2)
+    summary = next(t for t in migration.reports[-1]["tables"] if t["table"] == "invitations")
+    assert summary["rows_scanned"] == 40
+    assert summary["status"] == "dry-run"
+
+
+def test_a_damaged_non_ascii_companion_is_a_row_error(migration: Migration) -> None:
+    data = seed_invitations(migration, 5)
+    pk = sorted(data)[1]
+    set_value(migration, pk, email_hmac="ünïcödé companion")
+    report = migration.upgrade("0002_invitations", on_error="skip")
+    summary = next(t for t in report["tables"] if t["table"] == "invitations")
+    assert summary["failures"] == [
+        {
+            "column": "email",
+            "id": str(pk),
+            "reason": "HMAC verification failed (companion email_hmac)",
+        }
+    ]
+
+
+def test_aborted_batch_counts_only_failures(migration: Migration) -> None:
+    data = seed_invitations(migration, 6)
+    set_value(migration, sorted(data)[0], token="plain")
+    with pytest.raises(CommandError):
+        migration.upgrade("0002_invitations", batch_size=100)
+    summary = next(t for t in migration.reports[-1]["tables"] if t["table"] == "invitations")
+    assert summary["status"] == "aborted"
+    assert summary["rows_written"] == 0
+    assert summary["columns"].get("email", {}).get("migrated", 0) == 0
+    assert summary["columns"]["token"]["failed"] == 1

@@ -111,3 +111,13 @@ def test_every_design_name_is_accepted() -> None:
         "statement-timeout",
     }
     assert design <= set(X_NAMES)
+
+
+def test_passwords_in_the_query_string_are_masked_too() -> None:
+    s = load_settings(
+        {"db": "postgresql://app:pw1@db/pos?password=pw2&sslpassword=pw3&sslmode=require"}, {}
+    )
+    text = str(s.public_dict())
+    for secret in ("pw1", "pw2", "pw3"):
+        assert secret not in text
+    assert "sslmode=require" in text
