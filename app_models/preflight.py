@@ -27,6 +27,7 @@ ciphertext *prefixes* are looked at, and rows are counted, never shown.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import re
@@ -46,7 +47,13 @@ from app_models.errors import (
 )
 from app_models.settings import Settings, safe_url
 from app_models.tables import ENCRYPTED_COLUMNS, TABLE_NAMES, context_string, metadata
-from app_models.transit import PERMISSION_DENIED, DecryptRequest, KeyInfo, TransitClient
+from app_models.transit import (
+    PERMISSION_DENIED,
+    DecryptRequest,
+    KeyInfo,
+    TransitClient,
+    hmac_matches,
+)
 
 log = logging.getLogger("context_encryption")
 
@@ -516,6 +523,82 @@ def check_hmac_secret(report: PreflightReport, settings: Settings, tables: Seque
     report.add("hmac secret", True, f"set ({len(companions)} companion columns in scope)")
 
 
+#: companions sampled per column to check the HMAC secret
+HMAC_SAMPLE: Final = 20
+
+
+def check_hmac_sample(
+    report: PreflightReport,
+    *,
+    settings: Settings,
+    engine: Bind,
+    transit: TransitClient,
+    direction: DirectionName,
+    tables: Sequence[str],
+) -> None:
+    """The HMAC secret matches at least some companions of each column in scope.
+
+    A wrong secret makes every row an "HMAC verification failed" error; with on-error=skip the
+    run would skip them all and still stamp the revision, so it is refused here.
+    """
+    secret = settings.hmac_secret.get() if settings.hmac_secret is not None else ""
+    upgrade = direction == "upgrade"
+    source_key, target_key = (
+        (settings.old_key, settings.new_key) if upgrade else (settings.new_key, settings.old_key)
+    )
+    bad: list[str] = []
+    with _connection(engine) as conn:
+        inspector = sa.inspect(conn)
+        for table in tables:
+            if not inspector.has_table(table):
+                continue
+            t = metadata.tables[table]
+            for col in ENCRYPTED_COLUMNS[table]:
+                if not col.hmac_column:
+                    continue
+                value, companion = t.c[col.name], t.c[col.hmac_column]
+                rows = conn.execute(
+                    sa.select(value, companion)
+                    .where(value.like("vault:v%"), companion.is_not(None))
+                    .order_by(t.c.id)
+                    .limit(HMAC_SAMPLE)
+                ).all()
+                if not rows:
+                    continue
+                ctx = context_string(table, col.name)
+                plain: list[str | None] = []
+                try:
+                    first = transit.decrypt_batch(
+                        source_key,
+                        [DecryptRequest(v, None if upgrade else ctx) for v, _c in rows],
+                    )
+                    again = transit.decrypt_batch(
+                        target_key,
+                        [DecryptRequest(v, ctx if upgrade else None) for v, _c in rows],
+                    )
+                except ContextEncryptionError:
+                    continue  # the key and capability checks report Vault problems
+                for a, b in zip(first, again, strict=True):
+                    plain.append(a.value if a.ok else b.value if b.ok else None)
+                checked = [
+                    hmac_matches(secret, base64.b64decode(p), c)
+                    for p, (_v, c) in zip(plain, rows, strict=True)
+                    if p is not None
+                ]
+                if checked and not any(checked):
+                    bad.append(f"{table}.{col.hmac_column} (0 of {len(checked)} sampled match)")
+    if bad:
+        report.add(
+            "hmac sample",
+            False,
+            "the HMAC secret matches none of the sampled companions of " + ", ".join(bad),
+            "ENCRYPTION_HMAC_SECRET (or -x hmac-secret) is most likely not the secret the "
+            "application computes the companions with; set the right one",
+        )
+    else:
+        report.add("hmac sample", True, "the HMAC secret matches sampled companions")
+
+
 # --------------------------------------------------------------------------------------------
 # ciphertext versions in the data
 # --------------------------------------------------------------------------------------------
@@ -781,6 +864,23 @@ def collect_preflight(
         )
 
     check_hmac_secret(report, settings, scope)
+    if (
+        scan_data
+        and db_ok
+        and engine is not None
+        and transit is not None
+        and old is not None
+        and new is not None
+        and settings.hmac_secret is not None
+    ):
+        check_hmac_sample(
+            report,
+            settings=settings,
+            engine=engine,
+            transit=transit,
+            direction=dname,
+            tables=scope,
+        )
     return report
 
 

@@ -300,13 +300,26 @@ def test_hmac_secret_required_for_tables_with_companions(
     assert "ENCRYPTION_HMAC_SECRET" in str(err.value)
 
 
-def test_wrong_hmac_secret_is_named_as_the_likely_cause(migration: Migration) -> None:
+def test_wrong_hmac_secret_is_refused_before_any_row(migration: Migration) -> None:
     seed_invitations(migration, 8)
+    before = read_table(migration.engine, "invitations")
     with pytest.raises(CommandError) as err:
-        migration.upgrade("0002_invitations", hmac_secret="not-the-secret")
-    assert "HMAC verification failed" in str(err.value)
+        migration.upgrade("0002_invitations", hmac_secret="not-the-secret", on_error="skip")
+    assert "matches none of the sampled companions" in str(err.value)
     assert "most likely not the secret" in str(err.value)
     assert "not-the-secret" not in str(err.value)
+    assert read_table(migration.engine, "invitations") == before
+
+
+def test_mostly_hmac_failures_name_the_secret_as_the_likely_cause(migration: Migration) -> None:
+    """The preflight's sample matched, but most failing rows of the run are HMAC mismatches."""
+    data = seed_invitations(migration, 40)
+    for pk in sorted(data)[30:]:
+        set_value(migration, pk, email_hmac="0" * 64)
+    with pytest.raises(CommandError) as err:
+        migration.upgrade("0002_invitations")
+    assert "HMAC verification failed" in str(err.value)
+    assert "most likely not the secret" in str(err.value)
 
 
 def test_target_key_version_is_pinned(migration: Migration) -> None:

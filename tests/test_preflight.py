@@ -99,6 +99,7 @@ def test_all_checks_pass_and_report_says_what_it_found(migration: Migration) -> 
         "keys",
         "data versions",
         "hmac secret",
+        "hmac sample",
     ]
     token = next(c for c in report.checks if c.name == "token")
     assert "never expires" in token.detail  # the root token
@@ -263,7 +264,9 @@ def test_min_decryption_version_above_data_versions(
     migration: Migration, vault_client: Any
 ) -> None:
     m = migration.vault.mount
-    rows = seed(migration.engine, migration.vault, "users", sample_rows("users", 12), "s")
+    rows = seed(
+        migration.engine, migration.vault, "users", sample_rows("users", 12), migration.hmac_secret
+    )
     t = vault_client.secrets.transit
     t.rotate_key(name=OLD_KEY, mount_point=m)
     t.update_key_configuration(name=OLD_KEY, min_decryption_version=2, mount_point=m)
@@ -275,12 +278,23 @@ def test_min_decryption_version_above_data_versions(
     assert preflight(migration, tables=("invitations",)).ok
 
 
+def test_a_wrong_hmac_secret_is_refused_even_with_on_error_skip(migration: Migration) -> None:
+    """Otherwise every row would be skipped as an HMAC failure and the revision stamped."""
+    seed(migration.engine, migration.vault, "users", sample_rows("users", 6), "the-real-secret")
+    text = failure(migration, tables=("users",), hmac_secret="not-the-secret", on_error="skip")
+    assert "matches none of the sampled companions of users.email_hmac" in text
+    assert "not-the-secret" not in text
+    assert preflight(migration, tables=("users",), hmac_secret="the-real-secret").ok
+
+
 def test_version_problems_are_a_warning_with_on_error_skip(
     migration: Migration, vault_client: Any
 ) -> None:
     """The operator chose to skip rows that cannot be migrated: preflight names them only."""
     m = migration.vault.mount
-    rows = seed(migration.engine, migration.vault, "users", sample_rows("users", 6), "s")
+    rows = seed(
+        migration.engine, migration.vault, "users", sample_rows("users", 6), migration.hmac_secret
+    )
     t = vault_client.secrets.transit
     t.rotate_key(name=OLD_KEY, mount_point=m)
     t.update_key_configuration(name=OLD_KEY, min_decryption_version=2, mount_point=m)
@@ -292,7 +306,9 @@ def test_version_problems_are_a_warning_with_on_error_skip(
 
 def test_version_zero_reads_as_version_one(migration: Migration) -> None:
     """Vault decrypts ``vault:v0:`` as version 1 (legacy), so preflight must not refuse it."""
-    rows = seed(migration.engine, migration.vault, "users", sample_rows("users", 3), "s")
+    rows = seed(
+        migration.engine, migration.vault, "users", sample_rows("users", 3), migration.hmac_secret
+    )
     users = metadata.tables["users"]
     pk = min(rows)
     with migration.engine.begin() as conn:
@@ -428,7 +444,9 @@ def test_sqlite_versions_without_regular_expressions(
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         metadata.create_all(engine)
-        rows = seed(engine, migration.vault, "users", sample_rows("users", 10), "s")
+        rows = seed(
+            engine, migration.vault, "users", sample_rows("users", 10), migration.hmac_secret
+        )
         with engine.begin() as conn:  # a malformed prefix is not a version
             conn.execute(sa.text("UPDATE users SET last_name = 'vault:vX:abc' WHERE rowid = 1"))
         report = preflight(migration, tables=("users",), db=url)
