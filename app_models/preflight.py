@@ -297,7 +297,7 @@ def check_token(report: PreflightReport, transit: TransitClient, min_ttl: int) -
             "token is invalid, expired or revoked"
             if denied
             else f"the token lookup failed: {exc}",
-            "set VAULT_TOKEN (or -x vault-token=...) to a valid token, e.g. one from "
+            "set VAULT_TOKEN to a valid token, e.g. one from "
             "'vault login' or 'vault token create -policy=<policy> -ttl=2h'; a token without "
             "the default policy also needs read on auth/token/lookup-self",
         )
@@ -516,11 +516,11 @@ def check_hmac_secret(report: PreflightReport, settings: Settings, tables: Seque
             False,
             f"columns in scope have HMAC companions ({', '.join(companions)}) but "
             "ENCRYPTION_HMAC_SECRET is not set",
-            "set ENCRYPTION_HMAC_SECRET (or -x hmac-secret=...) to the secret the application "
-            "computes the companions with",
+            "set ENCRYPTION_HMAC_SECRET to the secret the application computes the companions with",
         )
         return
-    report.add("hmac secret", True, f"set ({len(companions)} companion columns in scope)")
+    n = len(companions)
+    report.add("hmac secret", True, f"set ({n} companion column{'s' if n != 1 else ''} in scope)")
 
 
 #: companions sampled per column to check the HMAC secret
@@ -572,14 +572,20 @@ def check_hmac_sample(
                         source_key,
                         [DecryptRequest(v, None if upgrade else ctx) for v, _c in rows],
                     )
-                    again = transit.decrypt_batch(
-                        target_key,
-                        [DecryptRequest(v, ctx if upgrade else None) for v, _c in rows],
+                    retry = [i for i, r in enumerate(first) if not r.ok]
+                    again = (
+                        transit.decrypt_batch(
+                            target_key,
+                            [DecryptRequest(rows[i][0], ctx if upgrade else None) for i in retry],
+                        )
+                        if retry
+                        else []
                     )
                 except ContextEncryptionError:
                     continue  # the key and capability checks report Vault problems
-                for a, b in zip(first, again, strict=True):
-                    plain.append(a.value if a.ok else b.value if b.ok else None)
+                plain = [r.value if r.ok else None for r in first]
+                for i, r in zip(retry, again, strict=True):
+                    plain[i] = r.value if r.ok else None
                 checked = [
                     hmac_matches(secret, base64.b64decode(p), c)
                     for p, (_v, c) in zip(plain, rows, strict=True)
@@ -717,7 +723,7 @@ def check_versions(
                     False,
                     f"table {table!r} does not exist in {_safe_url(engine.engine.url)}",
                     "the migration does not create the application's tables: check DATABASE_URL, "
-                    "or leave the table out (-x tables=...)",
+                    "check DATABASE_URL: the chain migrates the tables the application already has",
                 )
                 continue
             scanned = scan_table_versions(conn, table, [c.name for c in ENCRYPTED_COLUMNS[table]])
@@ -838,7 +844,7 @@ def collect_preflight(
             "vault",
             False,
             "no Vault address or token",
-            "set VAULT_ADDR and VAULT_TOKEN (or -x vault-addr=... -x vault-token=...)",
+            "set VAULT_ADDR and VAULT_TOKEN (or -x vault-addr=...)",
         )
     else:
         vault_ok = check_vault(report, transit, settings.vault_addr) and check_token(

@@ -119,6 +119,8 @@ class Outcome(enum.Enum):
     PLAINTEXT_ENCRYPTED = "plaintext_encrypted"
     PLAINTEXT_SKIPPED = "plaintext_skipped"
     FAILED = "failed"
+    #: a readable value left untouched because another column of its row failed
+    ROW_FAILED = "left_with_failed_row"
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,7 @@ class ColumnCounts:
     plaintext_encrypted: int = 0
     plaintext_skipped: int = 0
     failed: int = 0
+    left_with_failed_row: int = 0
 
     def add(self, outcome: Outcome, n: int = 1) -> None:
         name = outcome.value
@@ -263,6 +266,11 @@ class TableSummary:
                 f"NULL {c.null}, plaintext {plaintext}"
                 + (f" ({c.plaintext_encrypted} encrypted)" if c.plaintext_encrypted else "")
                 + f", failed {c.failed}"
+                + (
+                    f", left with a failed row {c.left_with_failed_row}"
+                    if c.left_with_failed_row
+                    else ""
+                )
             )
         return lines
 
@@ -783,7 +791,7 @@ def migrate_table(
     if any(c.hmac for c in spec.columns) and settings.hmac_secret is None:
         raise PreflightError(
             f"table {spec.name} has HMAC companions but ENCRYPTION_HMAC_SECRET is not set "
-            "(environment variable, or -x hmac-secret=...)"
+            "(set the environment variable)"
         )
     try:
         _TableRun(
@@ -818,10 +826,15 @@ def _aborted(summary: TableSummary) -> MigrationAborted:
             "\nMost failures are HMAC mismatches: ENCRYPTION_HMAC_SECRET (or -x hmac-secret) is "
             "most likely not the secret the application used."
         )
+    state = (
+        f"revision {summary.revision} was not stamped"
+        if summary.direction == Direction.UPGRADE.value
+        else f"revision {summary.revision} stays the current one (not rolled back)"
+    )
     return MigrationAborted(
-        f"{summary.table}: {summary.rows_failed} row(s) cannot be migrated; revision "
-        f"{summary.revision} was not stamped (on-error=abort). Committed batches stay and a "
-        f"re-run resumes from the checkpoint.\n{lines}"
+        f"{summary.table}: {summary.rows_failed} row(s) cannot be migrated; {state} "
+        "(on-error=abort). Committed batches stay and a re-run resumes from the checkpoint."
+        f"\n{lines}"
         + (f"\n  ... and {more} more" if more > 0 else "")
         + hint
         + "\nFix the rows, or re-run with -x on-error=skip to migrate the rest and list these "
@@ -841,7 +854,9 @@ def pin_target_version(transit: TransitClient, target: Scheme, direction: Direct
                 "before downgrading"
             )
         raise PreflightError(
-            f"the new key {target.key!r} does not exist; create it with: vault write -f "
+            f"the new key {target.key!r} does not exist on mount {mount!r}. If tables were "
+            "already migrated, check VAULT_NEW_KEY / VAULT_TRANSIT_MOUNT first: a second new "
+            "key would split the data between keys. Otherwise create it with: vault write -f "
             f"{mount}/keys/{target.key} derived=true convergent_encryption=true"
         )
     if target.contextual and not (info.derived and info.convergent):
@@ -1026,11 +1041,13 @@ class _TableRun:
         raise error
 
     def _count(self, result: BatchResult, rows: Sequence[_Row], sign: int = 1) -> None:
-        """Count outcomes: every outcome of a clean row, only the failures of a failed row."""
+        """Count every value: a failed row's other values count as left with their row."""
         for r in rows:
             for col, outcome in r.outcomes.items():
-                if not r.errors or outcome is Outcome.FAILED:
-                    result.columns.setdefault(col, ColumnCounts()).add(outcome, sign)
+                counted = (
+                    Outcome.ROW_FAILED if r.errors and outcome is not Outcome.FAILED else outcome
+                )
+                result.columns.setdefault(col, ColumnCounts()).add(counted, sign)
 
     def _process_batch(self, seq: int, rows: list[_Row]) -> BatchResult:
         """Migrate one batch: classify and re-encrypt, compare-and-swap, checkpoint.

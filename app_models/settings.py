@@ -94,6 +94,7 @@ class Settings:
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|min|m|h)?\s*$")
+_INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
 _DURATION_FACTOR = {None: 1, "ms": 1, "s": 1000, "min": 60_000, "m": 60_000, "h": 3_600_000}
 
 
@@ -107,10 +108,9 @@ def _parse_bool(name: str, raw: str) -> bool:
 
 
 def _parse_int(name: str, raw: str, lo: int, hi: int) -> int:
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ConfigurationError(f"-x {name}={raw!r} is not a whole number") from None
+    if not _INTEGER.match(raw):
+        raise ConfigurationError(f"-x {name}={raw!r} is not a whole number")
+    value = int(raw.strip())
     if not lo <= value <= hi:
         raise ConfigurationError(f"-x {name}={value} is out of range ({lo} to {hi})")
     return value
@@ -118,9 +118,10 @@ def _parse_int(name: str, raw: str, lo: int, hi: int) -> int:
 
 def _parse_duration_ms(name: str, raw: str) -> int:
     m = _DURATION.match(raw)
-    if not m:
+    if not m or (m.group(2) is None and int(m.group(1)) != 0):
         raise ConfigurationError(
-            f"-x {name}={raw!r} is not a duration; use e.g. 500ms, 5s, 2min or 0 to disable"
+            f"-x {name}={raw!r} is not a duration with a unit; use e.g. 500ms, 5s, 2min, "
+            "or 0 to disable"
         )
     return int(m.group(1)) * _DURATION_FACTOR[m.group(2)]
 

@@ -23,13 +23,16 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
+from types import TracebackType
+from typing import Any, Final, NamedTuple, Self
 
 import hvac
 import hvac.exceptions
 import requests
 import requests.adapters
 import urllib3.util.retry
+from urllib3.connectionpool import ConnectionPool
+from urllib3.response import BaseHTTPResponse
 
 from app_models.errors import PreflightError, VaultRequestError, VaultUnavailableError
 from app_models.settings import Settings
@@ -110,9 +113,35 @@ def b64_context(context: str) -> str:
     return cached
 
 
+class LoggingRetry(urllib3.util.retry.Retry):
+    """urllib3's Retry, saying each retry in the tool's log so an outage is not silent."""
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: BaseHTTPResponse | None = None,
+        error: Exception | None = None,
+        _pool: ConnectionPool | None = None,
+        _stacktrace: TracebackType | None = None,
+    ) -> Self:
+        new = super().increment(method, url, response, error, _pool, _stacktrace)
+        cause = f"HTTP {response.status}" if response is not None else type(error).__name__
+        log.warning(
+            "Vault request failed (%s); retry %d in %.1fs",
+            cause,
+            len(new.history),
+            new.get_backoff_time(),
+        )
+        return new
+
+
 def build_retry(total: int = 8, backoff_factor: float = 0.25, backoff_max: float = 20.0) -> Any:
-    """urllib3 Retry: transport errors and 429/5xx, exponential backoff with jitter."""
-    return urllib3.util.retry.Retry(
+    """urllib3 Retry: transport errors and 429/5xx, exponential backoff with jitter.
+
+    With the defaults a request is tried 9 times over about a minute before the run stops.
+    """
+    return LoggingRetry(
         total=total,
         connect=total,
         read=total,
@@ -256,7 +285,7 @@ class TransitClient:
                 "no Vault address: set VAULT_ADDR or pass -x vault-addr=https://vault.example:8200"
             )
         if settings.vault_token is None:
-            raise PreflightError("no Vault token: set VAULT_TOKEN or pass -x vault-token=...")
+            raise PreflightError("no Vault token: set VAULT_TOKEN")
         session = requests.Session()
         # hvac keeps a session's own `verify`, so the CA bundle must be set on the session
         session.verify = settings.vault_cacert or True

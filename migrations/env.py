@@ -177,6 +177,12 @@ def run_migrations_online() -> None:
             report.outcome = "failed"
         report.error = str(exc)
         raise
+    except KeyboardInterrupt:
+        report.outcome, report.error = "interrupted", "KeyboardInterrupt"
+        raise CommandError(
+            "interrupted: the revision in progress was not stamped; committed batches stay, "
+            "and running the same command again resumes from the last checkpoint"
+        ) from None
     except BaseException as exc:
         report.outcome, report.error = "failed", type(exc).__name__
         raise

@@ -347,7 +347,7 @@ def test_hmac_secret_missing(migration: Migration, monkeypatch: pytest.MonkeyPat
     assert "[hmac secret]" in text
     assert "users.email_hmac" in text
     assert "ENCRYPTION_HMAC_SECRET is not set" in text
-    assert "-x hmac-secret=" in text
+    assert "set ENCRYPTION_HMAC_SECRET to the secret" in text
     # a table without companions does not need it
     assert preflight(migration, tables=("notifications",)).ok
 

@@ -1,4 +1,4 @@
-"""users: re-encrypt email, first_name, last_name with the context-based deterministic key.
+"""users: email, first_name, last_name between no-context and context-based deterministic encryption.
 
 Upgrade decrypts each value with the old key (``VAULT_OLD_KEY``, no context) and re-encrypts it
 with the new derived + convergent key (``VAULT_NEW_KEY``) and the context ``users.<column>``,

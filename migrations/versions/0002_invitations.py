@@ -1,4 +1,4 @@
-"""invitations: re-encrypt email, token with the context-based deterministic key.
+"""invitations: email, token between no-context and context-based deterministic encryption.
 
 Upgrade decrypts each value with the old key (``VAULT_OLD_KEY``, no context) and re-encrypts it
 with the new derived + convergent key (``VAULT_NEW_KEY``) and the context ``invitations.<column>``,

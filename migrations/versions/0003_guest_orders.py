@@ -1,4 +1,4 @@
-"""guest_orders: re-encrypt customer_name, customer_phone, customer_email, ip_address, user_agent with the context-based deterministic key.
+"""guest_orders: customer_name, customer_phone, customer_email, ip_address, user_agent between no-context and context-based deterministic encryption.
 
 Upgrade decrypts each value with the old key (``VAULT_OLD_KEY``, no context) and re-encrypts it
 with the new derived + convergent key (``VAULT_NEW_KEY``) and the context ``guest_orders.<column>``,

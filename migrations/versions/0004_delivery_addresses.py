@@ -1,4 +1,4 @@
-"""delivery_addresses: re-encrypt full_address, geocoding_result with the context-based deterministic key.
+"""delivery_addresses: full_address, geocoding_result between no-context and context-based deterministic encryption.
 
 Upgrade decrypts each value with the old key (``VAULT_OLD_KEY``, no context) and re-encrypts it
 with the new derived + convergent key (``VAULT_NEW_KEY``) and the context ``delivery_addresses.<column>``,

@@ -1,4 +1,4 @@
-"""notifications: re-encrypt recipient, body with the context-based deterministic key.
+"""notifications: recipient, body between no-context and context-based deterministic encryption.
 
 Upgrade decrypts each value with the old key (``VAULT_OLD_KEY``, no context) and re-encrypts it
 with the new derived + convergent key (``VAULT_NEW_KEY``) and the context ``notifications.<column>``,

@@ -1,4 +1,4 @@
-"""sessions: re-encrypt session_id, ip_address with the context-based deterministic key.
+"""sessions: session_id, ip_address between no-context and context-based deterministic encryption.
 
 Upgrade decrypts each value with the old key (``VAULT_OLD_KEY``, no context) and re-encrypts it
 with the new derived + convergent key (``VAULT_NEW_KEY``) and the context ``sessions.<column>``,

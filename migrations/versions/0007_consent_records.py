@@ -1,4 +1,4 @@
-"""consent_records: re-encrypt ip_address with the context-based deterministic key.
+"""consent_records: ip_address between no-context and context-based deterministic encryption.
 
 Upgrade decrypts each value with the old key (``VAULT_OLD_KEY``, no context) and re-encrypts it
 with the new derived + convergent key (``VAULT_NEW_KEY``) and the context ``consent_records.<column>``,
