@@ -566,7 +566,6 @@ def check_hmac_sample(
                 if not rows:
                     continue
                 ctx = context_string(table, col.name)
-                plain: list[str | None] = []
                 try:
                     first = transit.decrypt_batch(
                         source_key,
