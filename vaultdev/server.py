@@ -755,6 +755,13 @@ class VaultHTTPServer(ThreadingHTTPServer):
         self.state = state
         super().__init__(address, VaultHandler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (killed, timed out) is routine here, not a traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
+
 
 def make_server(
     host: str = "127.0.0.1",
