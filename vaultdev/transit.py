@@ -132,6 +132,38 @@ def _decode_context(value: str, seen: dict[str, bytes]) -> bytes:
     return decoded
 
 
+def _decode_ciphertext_items(
+    items: list[dict[str, Any]],
+) -> tuple[list[str | None], list[tuple[bytes, bytes]]]:
+    """Decrypt's and rewrap's per-item checks, made before the key is loaded.
+
+    The context rule (all items or none, else the whole request fails), a non-empty
+    ``ciphertext``, then the base64 of ``context`` and ``nonce``. Returns each item's error
+    (None when fine) and its decoded (context, nonce).
+    """
+    n = len(items)
+    errors: list[str | None] = [None] * n
+    decoded: list[tuple[bytes, bytes]] = [(b"", b"")] * n
+    context_set = bool(items[0].get("context"))
+    contexts: dict[str, bytes] = {}
+    for i, item in enumerate(items):
+        ctx_s = item.get("context", "")
+        if bool(ctx_s) != context_set:
+            raise UserError("context should be set either in all the request blocks or in none")
+        if not item.get("ciphertext"):
+            errors[i] = "missing ciphertext to decrypt"
+            continue
+        try:
+            ctx = _decode_context(ctx_s, contexts)
+            nonce_s = item.get("nonce", "")
+            nonce = _b64(nonce_s) if nonce_s else b""
+        except gobase64.CorruptInputError as exc:
+            errors[i] = str(exc)
+            continue
+        decoded[i] = (ctx, nonce)
+    return errors, decoded
+
+
 def _b64(value: str) -> bytes:
     """Decode a request field; the Go error text becomes a user error."""
     return gobase64.decode(value)
@@ -617,30 +649,9 @@ class TransitMount:
                     "associated_data": f.get_str("associated_data"),
                 }
             ]
-        n = len(items)
-        errors: list[str | None] = [None] * n
-        decoded: list[tuple[bytes, bytes]] = [(b"", b"")] * n
-        user_err = False
+        errors, decoded = _decode_ciphertext_items(items)
+        user_err = any(e is not None for e in errors)
         internal_err = False
-        context_set = bool(items[0].get("context"))
-        contexts: dict[str, bytes] = {}
-        for i, item in enumerate(items):
-            ctx_s = item.get("context", "")
-            if bool(ctx_s) != context_set:
-                raise UserError("context should be set either in all the request blocks or in none")
-            if not item.get("ciphertext"):
-                user_err = True
-                errors[i] = "missing ciphertext to decrypt"
-                continue
-            try:
-                ctx = _decode_context(ctx_s, contexts)
-                nonce_s = item.get("nonce", "")
-                nonce = _b64(nonce_s) if nonce_s else b""
-            except gobase64.CorruptInputError as exc:
-                user_err = True
-                errors[i] = str(exc)
-                continue
-            decoded[i] = (ctx, nonce)
         p = self.policies.get(params["name"])
         if p is None:
             raise UserError("encryption key not found")
@@ -712,26 +723,7 @@ class TransitMount:
                     "key_version": f.get_int("key_version"),
                 }
             ]
-        n = len(items)
-        errors: list[str | None] = [None] * n
-        decoded: list[tuple[bytes, bytes]] = [(b"", b"")] * n
-        context_set = bool(items[0].get("context"))
-        contexts: dict[str, bytes] = {}
-        for i, item in enumerate(items):
-            ctx_s = item.get("context", "")
-            if bool(ctx_s) != context_set:
-                raise UserError("context should be set either in all the request blocks or in none")
-            if not item.get("ciphertext"):
-                errors[i] = "missing ciphertext to decrypt"
-                continue
-            try:
-                ctx = _decode_context(ctx_s, contexts)
-                nonce_s = item.get("nonce", "")
-                nonce = _b64(nonce_s) if nonce_s else b""
-            except gobase64.CorruptInputError as exc:
-                errors[i] = str(exc)
-                continue
-            decoded[i] = (ctx, nonce)
+        errors, decoded = _decode_ciphertext_items(items)
         p = self.policies.get(params["name"])
         if p is None:
             raise UserError("encryption key not found")
