@@ -25,7 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from app_models.settings import Secret, Settings
+from app_models.settings import Secret, Settings, parse_database_url, safe_url
 from app_models.tables import ENCRYPTED_COLUMNS, TABLE_NAMES, metadata
 from app_models.transit import EncryptRequest, TransitClient, hmac_hex
 from vaultdev.process import start_vaultdev
@@ -144,13 +144,28 @@ def run(cmd: list[str], env: dict[str, str], *, check: bool = True) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "demo-out"), help="working directory")
+    parser.add_argument(
+        "--db",
+        help="run on this (empty) database instead of SQLite, e.g. "
+        "postgresql://postgres@127.0.0.1:5432/demo; the demo creates the seven tables in it",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     db_path = out / "pos.sqlite"
-    url = f"sqlite:///{db_path}"
+    url = args.db or f"sqlite:///{db_path}"
+    if args.db:
+        engine = sa.create_engine(parse_database_url(args.db), poolclass=sa.pool.NullPool)
+        with engine.connect() as conn:
+            present = [t for t in TABLE_NAMES if sa.inspect(conn).has_table(t)]
+        engine.dispose()
+        if present:
+            raise SystemExit(
+                f"demo: the database already has {', '.join(present)}; give it an empty database"
+            )
+        url = parse_database_url(args.db).render_as_string(hide_password=False)
     bindir = Path(sys.executable).parent
     hmac_secret = secrets.token_urlsafe(24)
 
@@ -166,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"keys: {settings.old_key} (no context), {settings.new_key} (derived, convergent)")
 
-        banner(f"creating {db_path.relative_to(ROOT) if db_path.is_relative_to(ROOT) else db_path}")
+        where = safe_url(sa.make_url(url)) if args.db else db_path
+        banner(f"creating the seven tables in {where}")
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
         metadata.create_all(engine)
         n = seed(engine, transit, settings.old_key, hmac_secret)
@@ -201,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         banner("context-encryption verify (expects every table back in the old scheme)")
         run(verify, env)
         engine.dispose()
-    banner("done: the demo database is in " + str(out))
+    banner(
+        "done: the demo database is " + (safe_url(sa.make_url(url)) if args.db else str(db_path))
+    )
     return 0
 
 

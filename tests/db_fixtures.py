@@ -25,7 +25,9 @@ from pytest_postgresql import factories
 from app_models.settings import parse_database_url
 from app_models.tables import metadata
 
-LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+#: The machine's PostgreSQL; TEST_PG_LOCAL_URL overrides it (e.g. a closed port, to exercise
+#: the throwaway-server fallback).
+LOCAL_URL = os.environ.get("TEST_PG_LOCAL_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def _answers(url: sa.URL) -> bool:
