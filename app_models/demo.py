@@ -217,9 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         banner("context-encryption verify (expects every table back in the old scheme)")
         run(verify, env)
         engine.dispose()
-    banner(
-        "done: the demo database is " + (safe_url(sa.make_url(url)) if args.db else str(db_path))
-    )
+    banner(f"done: the demo database is {where}")
     return 0
 
 
