@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import sqlalchemy as sa
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -25,3 +27,15 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert out.count("OK: every value checked is in the scheme") == 2
     assert "before vault:v1:" in out
     assert (tmp_path / "demo" / "pos.sqlite").exists()
+
+
+def test_demo_on_an_empty_postgresql_database(tmp_path: Path, database_url: sa.URL) -> None:
+    url = database_url.set(drivername="postgresql").render_as_string(hide_password=False)
+    cmd = [sys.executable, "-m", "app_models.demo", "--out", str(tmp_path / "d"), "--db", url]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert out.count("OK: every value checked is in the scheme") == 2
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert again.returncode != 0
+    assert "give it an empty database" in again.stderr
