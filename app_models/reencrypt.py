@@ -291,7 +291,6 @@ class TableSummary:
 @dataclass
 class BatchResult:
     seq: int
-    first_pk: Any
     last_pk: Any
     rows_scanned: int = 0
     rows_written: int = 0
@@ -509,7 +508,6 @@ class _Db:
         self.pk = t.c[spec.pk]
         self.read_cols = [c for col in spec.columns for c in (col.name, col.hmac) if c]
         self.select_cols = [self.pk, *(t.c[c] for c in self.read_cols)]
-        self.dialect = dialect
         self.postgres = dialect == "postgresql"
         if self.postgres:
             self.write_stmt = self._pg_write()
@@ -605,10 +603,6 @@ class _Db:
         return out
 
 
-def pk_to_text(pk: Any) -> str:
-    return str(pk)
-
-
 def pk_from_text(text: str, pk_column: sa.ColumnElement[Any]) -> Any:
     if isinstance(pk_column.type, sa.Uuid):
         return uuid.UUID(text)
@@ -696,7 +690,7 @@ class _Checkpointer:
 
     def register(self, seq: int, last_pk: Any) -> None:
         with self._lock:
-            self._last_pk[seq] = pk_to_text(last_pk)
+            self._last_pk[seq] = str(last_pk)
 
     def advance_in(self, conn: sa.Connection, seq: int) -> None:
         """Write, in the batch's own transaction, the furthest prefix this batch completes."""
@@ -1059,7 +1053,7 @@ class _TableRun:
         """
         conn, transit = self.workers.get()
         db, spec = self.db, self.spec
-        result = BatchResult(seq, rows[0].pk, rows[-1].pk, rows_scanned=len(rows))
+        result = BatchResult(seq, rows[-1].pk, rows_scanned=len(rows))
         pending = rows
         for round_no in range(CAS_ROUNDS + 1):
             process_rows(

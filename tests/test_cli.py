@@ -2,31 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import sqlalchemy as sa
 
 from app_models.migration import RUN_LOCK_KEY
 from app_models.tables import TABLE_NAMES
-from tests.migration_fixtures import Migration
+from tests.migration_fixtures import Migration, assert_no_leak, secrets_of
 from tests.seeding import assert_scheme, sample_rows, seed, snapshot
-
-
-def secrets_of(m: Migration, data: dict[str, dict[Any, Any]]) -> list[str]:
-    out = [m.env["VAULT_TOKEN"], m.env["ENCRYPTION_HMAC_SECRET"]]
-    out += [
-        v
-        for rows in data.values()
-        for row in rows.values()
-        for v in row.values()
-        if isinstance(v, str) and len(v) > 6
-    ]
-    return out
-
-
-def assert_no_leak(text: str, secrets: list[str]) -> None:
-    for s in secrets:
-        assert s not in text, "a secret or plaintext appeared in the output"
 
 
 def test_operator_session_from_the_shell(migration: Migration) -> None:

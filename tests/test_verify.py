@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from app_models import cli
 from app_models.tables import TABLE_NAMES, metadata
-from tests.migration_fixtures import ROOT, Migration
+from tests.migration_fixtures import ROOT, Migration, assert_no_leak, secrets_of
 from tests.seeding import Plain, sample_rows, seed
 
 SIZES = {"users": 40, "invitations": 25}
@@ -26,23 +26,6 @@ def seed_all(m: Migration, sizes: dict[str, int] | None = None) -> dict[str, dic
         t: seed(m.engine, m.vault, t, sample_rows(t, sizes.get(t, 8)), m.hmac_secret)
         for t in TABLE_NAMES
     }
-
-
-def leaks(m: Migration, data: dict[str, dict[Any, Plain]]) -> list[str]:
-    out = [m.env["VAULT_TOKEN"], m.hmac_secret]
-    out += [
-        v
-        for rows in data.values()
-        for row in rows.values()
-        for v in row.values()
-        if isinstance(v, str) and len(v) > 6
-    ]
-    return out
-
-
-def assert_no_leak(text: str, secrets: list[str]) -> None:
-    for s in secrets:
-        assert s not in text, "a secret or plaintext appeared in the output"
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -106,7 +89,7 @@ def test_after_upgrade_to_invitations_from_the_shell(migration: Migration) -> No
     proc = subprocess_verify(migration.env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    assert_no_leak(out + proc.stderr, leaks(migration, data))
+    assert_no_leak(out + proc.stderr, secrets_of(migration, data))
     assert "revision 0002_invitations: new scheme expected for users, invitations" in out
     n = non_null(data["users"], "email")
     line = next(x for x in out.splitlines() if x.startswith("users.email "))
@@ -140,7 +123,7 @@ def test_restamped_without_migrating_is_not_ok(
     assert ids.endswith(" ...")
     assert len(ids.removesuffix(" ...").split(", ")) == 3
     assert "NOT OK" in out
-    assert_no_leak(out, leaks(migration, data))
+    assert_no_leak(out, secrets_of(migration, data))
     code, doc = run_json(capsys)
     assert code == 1
     assert doc["ok"] is False
@@ -387,7 +370,7 @@ def test_sqlite_database(
         assert proc.returncode == 1
         assert "users.email" in proc.stdout
         assert "new scheme (expected old)" in proc.stdout
-        assert_no_leak(proc.stdout + proc.stderr, leaks(migration, data))
+        assert_no_leak(proc.stdout + proc.stderr, secrets_of(migration, data))
     finally:
         engine.dispose()
 
