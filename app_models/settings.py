@@ -25,6 +25,13 @@ DEFAULT_BATCH_SIZE: Final = 1000
 DEFAULT_WORKERS: Final = 4
 MAX_BATCH_SIZE: Final = 10_000
 MAX_WORKERS: Final = 64
+#: Items per Transit request by default: OpenBao's default ``max_request_json_strings`` (1,000)
+#: allows 199 items of 5 strings (value and context with their keys, ``key_version``'s key);
+#: HashiCorp Vault's ``max_json_array_element_count`` (10,000) is far above. 150 leaves a margin
+#: for both (see ../shared/vault-transit.md §10).
+DEFAULT_VAULT_BATCH_ITEMS: Final = 150
+#: Vault's ``max_json_array_element_count``: no setting may go above it.
+MAX_VAULT_BATCH_ITEMS: Final = 10_000
 
 
 class Secret:
@@ -65,6 +72,7 @@ class Settings:
     hmac_secret: Secret | None = field(default=None, repr=False)
     tables: tuple[str, ...] | None = None  # None: all tables
     batch_size: int = DEFAULT_BATCH_SIZE
+    vault_batch_items: int = DEFAULT_VAULT_BATCH_ITEMS
     dry_run: bool = False
     plaintext: PlaintextPolicy = "fail"
     on_error: OnErrorPolicy = "abort"
@@ -191,6 +199,7 @@ X_NAMES: Final[dict[str, str | None]] = {
     "hmac-secret": "ENCRYPTION_HMAC_SECRET",
     "tables": None,
     "batch-size": None,
+    "vault-batch-items": None,
     "dry-run": None,
     "plaintext": None,
     "on-error": None,
@@ -257,6 +266,8 @@ def load_settings(x_args: Mapping[str, str], environ: Mapping[str, str]) -> Sett
         kw["tables"] = _parse_tables(v)
     if (v := raw("batch-size")) is not None:
         kw["batch_size"] = _parse_int("batch-size", v, 1, MAX_BATCH_SIZE)
+    if (v := raw("vault-batch-items")) is not None:
+        kw["vault_batch_items"] = _parse_int("vault-batch-items", v, 1, MAX_VAULT_BATCH_ITEMS)
     if (v := raw("dry-run")) is not None:
         kw["dry_run"] = _parse_bool("dry-run", v)
     if (v := raw("plaintext")) is not None:

@@ -1,9 +1,20 @@
 """Vault Transit, typed: the only module of the tool that imports hvac.
 
-Batch decrypt and batch encrypt always use ``batch_input`` (one request per batch, never one
-per value). A batch that partly fails makes Vault answer 400 (or 500) with the per-item results
-in the body and no ``errors`` key; hvac raises ``InvalidRequest`` for it, and this module turns
-it back into per-item results, so a failed item is that row's error, not the batch's.
+Batch decrypt and batch encrypt always use ``batch_input``, never one request per value. A
+batch's items are split into as many requests as real servers accept: at most
+``-x vault-batch-items`` items (default 150) and 16 MiB each. OpenBao (2.4.1+) refuses a body
+with more than 1,000 JSON strings (HTTP 400), HashiCorp Vault (1.20.3+) more than 10,000 array
+elements (HTTP **500**); a request with context and a pinned key version costs 5 strings an
+item, so 150 items fit both products' defaults with a margin. The requests of one call are sent
+several at a time (``parallel``, the run's ``-x workers``) and their results put back in input
+order. A server configured tighter than that refuses a request as too large or too complex:
+that request is halved and sent again, the smaller size is kept for the rest of the run (shared
+by every worker through :class:`RequestLimits`) and logged once with the setting that avoids
+it. Such a refusal is never a failed row and is never retried unchanged.
+
+A batch that partly fails makes Vault answer 400 (or 500) with the per-item results in the body
+and no ``errors`` key; hvac raises ``InvalidRequest`` for it, and this module turns it back into
+per-item results, so a failed item is that row's error, not the batch's.
 
 Transport errors, 429, 500, 502, 503 and 504 are retried with exponential backoff and jitter by
 urllib3's ``Retry`` mounted on the session hvac uses. Encrypt and decrypt are idempotent, so a
@@ -22,6 +33,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, NamedTuple, Self
@@ -35,13 +47,26 @@ from urllib3.connectionpool import ConnectionPool
 from urllib3.response import BaseHTTPResponse
 
 from app_models.errors import PreflightError, VaultRequestError, VaultUnavailableError
-from app_models.settings import Settings
+from app_models.settings import DEFAULT_VAULT_BATCH_ITEMS, MAX_VAULT_BATCH_ITEMS, Settings
 
-#: Vault's default listener limits (``max_json_array_element_count``,
-#: ``max_json_string_value_length``, ``max_request_size``).
-MAX_BATCH_ITEMS: Final = 10_000
+#: Vault's ``max_json_string_value_length``.
 MAX_STRING_BYTES: Final = 1_048_576
-MAX_REQUEST_BYTES: Final = 16 * 1_048_576  # half of Vault's 32 MiB, room for JSON overhead
+#: Half of both products' 32 MiB ``max_request_size`` (and OpenBao's 32.5 MiB JSON memory
+#: estimate, which is about the strings' length): room for JSON overhead.
+MAX_REQUEST_BYTES: Final = 16 * 1_048_576
+
+#: Texts of a request refused for its size or complexity, never for its content:
+#: OpenBao 2.6+ (HTTP 400) ``refused JSON input due to high complexity: exceeded maximum
+#: number of strings`` / ``...estimated memory limits``; OpenBao 2.4.1-2.5.x (HTTP 400)
+#: ``error parsing JSON``; Vault 1.20.3+ (HTTP 500) ``JSON array exceeds allowed element
+#: count`` and its siblings for objects, strings and depth; both (HTTP 413) ``http: request
+#: body too large``.
+TOO_LARGE_TEXTS: Final = (
+    "refused JSON input due to high complexity",
+    "error parsing JSON",
+    "exceeds allowed",
+    "request body too large",
+)
 
 AUTH_FAILED: Final = "message authentication failed"
 MISSING_CONTEXT: Final = "missing 'context' for key derivation"
@@ -113,8 +138,73 @@ def b64_context(context: str) -> str:
     return cached
 
 
+def is_too_large(text: str) -> bool:
+    """Whether Vault's error text refuses a request for its size or complexity."""
+    return any(marker in text for marker in TOO_LARGE_TEXTS)
+
+
+class RequestTooLarge(Exception):
+    """Vault refused a request as too large or too complex; the caller sends it in halves."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"HTTP {status}: {text}")
+        self.status = status
+        self.text = text
+
+
+class RequestLimits:
+    """The most items per Transit request, shared by every client of a run.
+
+    Starts at ``-x vault-batch-items``; halved when the server refuses a request as too large,
+    and kept at the smaller size for the rest of the run. Once a request of the smaller size
+    passes, one warning says so, with the setting that avoids the refusals next time.
+    """
+
+    def __init__(self, max_items: int = DEFAULT_VAULT_BATCH_ITEMS) -> None:
+        if not 1 <= max_items <= MAX_VAULT_BATCH_ITEMS:
+            raise ValueError(f"max_items must be 1..{MAX_VAULT_BATCH_ITEMS}")
+        self.configured = max_items
+        self.max_items = max_items
+        self.refusals = 0
+        self._reason = ""
+        self._announced = False
+        self._lock = threading.Lock()
+
+    def refused(self, size: int, reason: str) -> int:
+        """A request of ``size`` items was refused: the limit becomes at most half of it."""
+        with self._lock:
+            self.refusals += 1
+            self._reason = self._reason or reason
+            self.max_items = min(self.max_items, max(1, size // 2))
+            log.debug("Vault refused %d items as too large; now at most %d", size, self.max_items)
+            return self.max_items
+
+    def passed(self, size: int) -> None:
+        """A request of ``size`` items passed; after refusals, the first at the limit is said."""
+        if not self.refusals or self._announced or size < self.max_items:
+            return
+        with self._lock:
+            if self._announced:
+                return
+            self._announced = True
+        log.warning(
+            "Vault refused requests of %d items as too large or too complex (%s); requests "
+            "of %d items pass, and the run keeps that size. To avoid the refusals, set "
+            "-x vault-batch-items=%d (or raise the server's request limits)",
+            self.configured,
+            self._reason,
+            self.max_items,
+            self.max_items,
+        )
+
+
 class LoggingRetry(urllib3.util.retry.Retry):
-    """urllib3's Retry, saying each retry in the tool's log so an outage is not silent."""
+    """urllib3's Retry, saying each retry in the tool's log so an outage is not silent.
+
+    Vault answers HTTP 500 to a request over its JSON limits; retrying it unchanged would only
+    repeat the refusal, so a 500 whose body says so stops the retries and raises
+    :class:`RequestTooLarge` for the caller to split the request.
+    """
 
     def increment(
         self,
@@ -126,6 +216,13 @@ class LoggingRetry(urllib3.util.retry.Retry):
         _stacktrace: TracebackType | None = None,
     ) -> Self:
         new = super().increment(method, url, response, error, _pool, _stacktrace)
+        if response is not None and response.status == 500:
+            # The body is read only when a retry follows (urllib3 drains it next anyway); on
+            # the last attempt it goes to hvac untouched.
+            text = response.data.decode("utf-8", "replace")
+            if is_too_large(text):
+                response.release_conn()
+                raise RequestTooLarge(500, _vault_text(text))
         cause = f"HTTP {response.status}" if response is not None else type(error).__name__
         log.warning(
             "Vault request failed (%s); retry %d in %.1fs",
@@ -157,17 +254,34 @@ def build_retry(total: int = 8, backoff_factor: float = 0.25, backoff_max: float
     )
 
 
-def _chunks(items: Sequence[Any], sizes: Sequence[int]) -> Iterator[tuple[int, int]]:
-    """Split ``items`` into index ranges under Vault's item-count and request-size limits."""
+def _vault_text(body: str) -> str:
+    """The ``errors`` of a Vault JSON error body, else the body itself (shortened)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body.strip()[:200]
+    errs = doc.get("errors") if isinstance(doc, dict) else None
+    if isinstance(errs, list) and errs:
+        return "; ".join(str(e).replace("1 error occurred:\n\t* ", "").strip() for e in errs)
+    return body.strip()[:200]
+
+
+def split_ranges(
+    sizes: Sequence[int], max_items: int, max_bytes: int = MAX_REQUEST_BYTES
+) -> Iterator[tuple[int, int]]:
+    """Index ranges ``[lo, hi)`` of at most ``max_items`` items and about ``max_bytes`` each.
+
+    ``sizes`` are the items' value lengths; every range holds at least one item.
+    """
     start = 0
     acc = 0
     for i, size in enumerate(sizes):
-        if i > start and (i - start >= MAX_BATCH_ITEMS or acc + size > MAX_REQUEST_BYTES):
+        if i > start and (i - start >= max_items or acc + size > max_bytes):
             yield start, i
             start, acc = i, 0
         acc += size + 64
-    if start < len(items):
-        yield start, len(items)
+    if start < len(sizes):
+        yield start, len(sizes)
 
 
 class TokenKeeper:
@@ -261,13 +375,42 @@ class TokenKeeper:
             self._set(ttl, renewable=False)
 
 
-class TransitClient:
-    """Typed Transit operations on one mount. Not shared between threads: make one per worker."""
+@dataclass(frozen=True)
+class _BatchCall:
+    """One batch operation, as its requests need it."""
 
-    def __init__(self, client: Any, mount: str, keeper: TokenKeeper | None = None) -> None:
+    what: str
+    fn: Any
+    needs: str
+    key: str
+    field: str
+    answer: str
+    extra: dict[str, Any]
+    items: Sequence[tuple[str, str | None]]
+
+
+class TransitClient:
+    """Typed Transit operations on one mount. Not shared between threads: make one per worker.
+
+    (Its own ``parallel`` request threads share its HTTP session, which is safe for requests.)
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        mount: str,
+        keeper: TokenKeeper | None = None,
+        *,
+        limits: RequestLimits | None = None,
+        parallel: int = 1,
+    ) -> None:
         self._client = client
         self.mount = mount
         self.keeper = keeper if keeper is not None else TokenKeeper()
+        self.limits = limits if limits is not None else RequestLimits()
+        #: requests of one batch call in flight at once
+        self.parallel = max(1, parallel)
+        self._pool: ThreadPoolExecutor | None = None
         self._count_lock = threading.Lock()
         self.requests = 0
 
@@ -279,7 +422,9 @@ class TransitClient:
         retry: Any = None,
         timeout: float = 60,
         keeper: TokenKeeper | None = None,
+        limits: RequestLimits | None = None,
     ) -> TransitClient:
+        """A client for the run's settings; ``keeper`` and ``limits`` are shared by a run."""
         if not settings.vault_addr:
             raise PreflightError(
                 "no Vault address: set VAULT_ADDR or pass -x vault-addr=https://vault.example:8200"
@@ -289,8 +434,10 @@ class TransitClient:
         session = requests.Session()
         # hvac keeps a session's own `verify`, so the CA bundle must be set on the session
         session.verify = settings.vault_cacert or True
+        parallel = settings.workers
         adapter = requests.adapters.HTTPAdapter(
-            max_retries=retry if retry is not None else build_retry(), pool_maxsize=4
+            max_retries=retry if retry is not None else build_retry(),
+            pool_maxsize=max(4, parallel),
         )
         session.mount("http://", adapter)
         session.mount("https://", adapter)
@@ -302,13 +449,18 @@ class TransitClient:
             timeout=timeout,
             session=session,
         )
-        return cls(client, settings.transit_mount, keeper)
+        if limits is None:
+            limits = RequestLimits(settings.vault_batch_items)
+        return cls(client, settings.transit_mount, keeper, limits=limits, parallel=parallel)
 
     @property
     def hvac_client(self) -> Any:
         return self._client
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         session = getattr(self._client.adapter, "session", None)
         if session is not None:
             session.close()
@@ -423,33 +575,79 @@ class TransitClient:
         answer: str,
         extra: dict[str, Any] | None = None,
     ) -> list[ItemResult]:
-        """``batch_input`` requests of ``(value, context)`` items, split under Vault's limits."""
+        """``batch_input`` requests of ``(value, context)`` items, in input order.
+
+        The items are split under the run's :class:`RequestLimits` and the request-size limit;
+        the requests are sent up to ``parallel`` at a time and their results put back in order.
+        """
+        if not items:
+            return []
         transit = self._client.secrets.transit
-        fn = transit.decrypt_data if op == "decrypt" else transit.encrypt_data
-        needs = f'path "{self.mount}/{op}/{key}" {{ capabilities = ["update"] }}'
-        out: list[ItemResult] = []
-        for lo, hi in _chunks(items, [len(value) for value, _ctx in items]):
-            batch = []
-            for value, context in items[lo:hi]:
-                entry: dict[str, Any] = {field: value, **(extra or {})}
-                if context is not None:
-                    entry["context"] = b64_context(context)
-                batch.append(entry)
-            results = self._batch(
-                f"{op} with key {key!r}",
-                fn,
-                needs=needs,
-                name=key,
-                batch_input=batch,
-                mount_point=self.mount,
-            )
-            out.extend(
-                ItemResult(None, error)
-                if (error := r.get("error"))
-                else ItemResult(r.get(answer), None)
-                for r in results
-            )
+        call = _BatchCall(
+            what=f"{op} with key {key!r}",
+            fn=transit.decrypt_data if op == "decrypt" else transit.encrypt_data,
+            needs=f'path "{self.mount}/{op}/{key}" {{ capabilities = ["update"] }}',
+            key=key,
+            field=field,
+            answer=answer,
+            extra=extra or {},
+            items=items,
+        )
+        ranges = list(split_ranges([len(v) for v, _c in items], self.limits.max_items))
+        if len(ranges) == 1 or self.parallel == 1:
+            parts = [self._send(call, lo, hi) for lo, hi in ranges]
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="transit")
+            futures = [self._pool.submit(self._send, call, lo, hi) for lo, hi in ranges]
+            parts = [f.result() for f in futures]  # input order; the first error is raised
+        out = [r for part in parts for r in part]
+        if len(out) != len(items):  # pragma: no cover - guarded per request in _batch
+            raise VaultRequestError(f"Vault answered {call.what} with a wrong number of results")
         return out
+
+    def _send(self, call: _BatchCall, lo: int, hi: int) -> list[ItemResult]:
+        """Items ``[lo, hi)`` in one request; refused as too large: in halves, smaller from now."""
+        try:
+            results = self._request(call, lo, hi)
+        except RequestTooLarge as exc:
+            size = hi - lo
+            if size == 1:
+                reason = (
+                    f"Vault refuses even a request with this value alone as too large "
+                    f"({exc.text}); the server's request limits are below this value's size"
+                )
+                return [ItemResult(None, reason)]
+            limit = self.limits.refused(size, exc.text)
+            step = min(limit, (size + 1) // 2)
+            out: list[ItemResult] = []
+            for start in range(lo, hi, step):
+                out.extend(self._send(call, start, min(start + step, hi)))
+            return out
+        self.limits.passed(hi - lo)
+        return results
+
+    def _request(self, call: _BatchCall, lo: int, hi: int) -> list[ItemResult]:
+        batch = []
+        for value, context in call.items[lo:hi]:
+            entry: dict[str, Any] = {call.field: value, **call.extra}
+            if context is not None:
+                entry["context"] = b64_context(context)
+            batch.append(entry)
+        results = self._batch(
+            call.what,
+            call.fn,
+            needs=call.needs,
+            name=call.key,
+            batch_input=batch,
+            mount_point=self.mount,
+        )
+        return [
+            ItemResult(None, error)
+            if (error := r.get("error"))
+            else ItemResult(r.get(call.answer), None)
+            for r in results
+        ]
 
     def _batch(self, what: str, fn: Any, /, **kw: Any) -> list[dict[str, Any]]:
         expected = len(kw["batch_input"])
@@ -467,9 +665,16 @@ class TransitClient:
             results = results.get("batch_results") if isinstance(results, dict) else None
             if isinstance(results, list) and len(results) == expected:
                 return [r if isinstance(r, dict) else {"error": "malformed item"} for r in results]
-            raise VaultRequestError(f"Vault refused the batch ({what}): {_errors(exc)}") from None
+            text = _errors(exc)
+            if is_too_large(text):
+                status = 400 if isinstance(exc, hvac.exceptions.InvalidRequest) else 500
+                raise RequestTooLarge(status, text) from None
+            raise VaultRequestError(f"Vault refused the batch ({what}): {text}") from None
         except hvac.exceptions.VaultError as exc:
-            raise VaultRequestError(f"Vault refused the batch ({what}): {_errors(exc)}") from None
+            text = _errors(exc)
+            if is_too_large(text):  # a 413 (hvac: UnexpectedError) says "request body too large"
+                raise RequestTooLarge(413, text) from None
+            raise VaultRequestError(f"Vault refused the batch ({what}): {text}") from None
         if isinstance(resp, requests.Response):  # a 2xx other than 200
             resp = resp.json()
         results = resp.get("data", {}).get("batch_results")

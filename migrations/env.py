@@ -27,7 +27,7 @@ from app_models.preflight import require_database, run_preflight
 from app_models.reencrypt import RunContext
 from app_models.report import RunReport
 from app_models.settings import Settings, load_settings
-from app_models.transit import TokenKeeper, TransitClient
+from app_models.transit import RequestLimits, TokenKeeper, TransitClient
 
 VERSION_TABLE = "alembic_version_encryption"
 
@@ -142,12 +142,13 @@ def run_migrations_online() -> None:
     # A caller may hand in how Vault clients are made, as it may hand in a connection.
     make_transit = config.attributes.get(TRANSIT_FACTORY_KEY)
     keeper = TokenKeeper()  # one per run: every worker's client renews the same token
+    limits = RequestLimits(settings.vault_batch_items)  # one per run: a refusal shrinks all
 
     def transit_factory() -> TransitClient:
         if make_transit is not None:
             client: TransitClient = make_transit(settings)
             return client
-        return TransitClient.from_settings(settings, keeper=keeper)
+        return TransitClient.from_settings(settings, keeper=keeper, limits=limits)
 
     config.attributes[RUNTIME_KEY] = RunContext(
         settings=settings, transit_factory=transit_factory, on_summary=report.add
