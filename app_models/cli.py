@@ -59,6 +59,7 @@ _SETTING_FLAGS: Final = (
     "hmac-secret",
     "tables",
     "batch-size",
+    "vault-batch-items",
 )
 
 log = logging.getLogger("context_encryption")

@@ -1,0 +1,219 @@
+"""Requests that fit real servers: a batch split into several Transit requests, item by item.
+
+OpenBao refuses a body with more than ``max_request_json_strings`` JSON strings (1,000 by
+default); the tool splits a batch's items into requests of at most ``-x vault-batch-items``
+and halves a request the server still refuses. These tests check that every item comes back
+to its own row (order kept across requests sent in parallel), in both directions and in verify,
+and that a refusal is never a failed row nor a retry of the same request.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import hvac
+import pytest
+
+from app_models.openbao import DevServer, start_dev_server
+from app_models.tables import TABLE_NAMES
+from app_models.transit import (
+    DecryptRequest,
+    EncryptRequest,
+    RequestLimits,
+    TransitClient,
+    split_ranges,
+)
+from tests.migration_fixtures import Migration
+from tests.seeding import Plain, assert_scheme, sample_rows, seed
+from tests.test_verify import subprocess_verify
+
+#: The tight listener's limit: 23 items of 5 strings (plus 2) fit, 24 do not.
+TIGHT_STRINGS = 120
+TIGHT_ITEMS = (TIGHT_STRINGS - 2) // 5
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+# -- splitting, no server ---------------------------------------------------------------------
+
+
+def test_split_ranges_cut_at_the_item_limit_and_cover_every_item_once() -> None:
+    ranges = list(split_ranges([10] * 23, max_items=7))
+    assert ranges == [(0, 7), (7, 14), (14, 21), (21, 23)]
+
+
+def test_split_ranges_cut_at_the_byte_limit_and_never_leave_a_range_empty() -> None:
+    # each item costs its length + 64 bytes of JSON; a single oversized item is a range alone
+    assert list(split_ranges([100, 100, 100], max_items=10, max_bytes=200)) == [
+        (0, 1),
+        (1, 2),
+        (2, 3),
+    ]
+    assert list(split_ranges([10_000], max_items=10, max_bytes=200)) == [(0, 1)]
+    assert list(split_ranges([], max_items=10)) == []
+
+
+def test_request_limits_only_ever_shrink() -> None:
+    limits = RequestLimits(150)
+    assert limits.refused(150, "too complex") == 75
+    assert limits.refused(150, "too complex") == 75  # a request sent before the first refusal
+    assert limits.refused(75, "too complex") == 37
+    assert limits.refused(2, "too complex") == 1
+    assert limits.refused(1, "too complex") == 1
+    assert limits.configured == 150
+    with pytest.raises(ValueError, match="max_items"):
+        RequestLimits(0)
+
+
+# -- the Transit client against a real server -------------------------------------------------
+
+
+def _items(n: int) -> list[tuple[str, str]]:
+    """``n`` distinct plaintexts over three contexts."""
+    return [(f"value {i} ({'é' * (i % 4)})", f"users.col{i % 3}") for i in range(n)]
+
+
+def _client(addr: str, token: str, mount: str, limits: RequestLimits, parallel: int) -> Any:
+    return TransitClient(
+        hvac.Client(url=addr, token=token), mount, limits=limits, parallel=parallel
+    )
+
+
+def _one_by_one(client: Any, mount: str, key: str, items: list[tuple[str, str]]) -> list[str]:
+    """Each item encrypted alone, through raw hvac: the reference for the convergent key."""
+    return [
+        client.secrets.transit.encrypt_data(
+            name=key, plaintext=b64(text), context=b64(ctx), mount_point=mount
+        )["data"]["ciphertext"]
+        for text, ctx in items
+    ]
+
+
+def test_split_requests_in_parallel_keep_every_result_with_its_item(
+    vault_server: Any, vault_client: Any, transit_mount: str
+) -> None:
+    key = "conv"
+    vault_client.secrets.transit.create_key(
+        name=key, derived=True, convergent_encryption=True, mount_point=transit_mount
+    )
+    items = _items(61)
+    transit = _client(vault_server.addr, vault_server.token, transit_mount, RequestLimits(4), 5)
+    try:
+        encrypted = transit.encrypt_batch(
+            key, [EncryptRequest(b64(t), c) for t, c in items], key_version=1
+        )
+        assert transit.requests == 16  # 61 items, 4 a request
+        # convergent: the same plaintext and context always give the same ciphertext, so a
+        # result put back in the wrong place differs from the item's own single encryption
+        reference = _one_by_one(vault_client, transit_mount, key, items)
+        assert [r.value for r in encrypted] == reference
+
+        decrypted = transit.decrypt_batch(
+            key, [DecryptRequest(ct, c) for ct, (_t, c) in zip(reference, items, strict=True)]
+        )
+        assert [base64.b64decode(r.value or "").decode() for r in decrypted] == [
+            t for t, _c in items
+        ]
+    finally:
+        transit.close()
+
+
+def test_failed_items_of_a_split_batch_stay_with_their_own_items(
+    vault_server: Any, vault_client: Any, transit_mount: str
+) -> None:
+    key = "plain"
+    vault_client.secrets.transit.create_key(name=key, mount_point=transit_mount)
+    good = vault_client.secrets.transit.encrypt_data(
+        name=key, plaintext=b64("good"), mount_point=transit_mount
+    )["data"]["ciphertext"]
+    damaged = good[:-6] + ("AAAAAA" if not good.endswith("AAAAAA") else "BBBBBB")
+    values = [good if i % 5 else damaged for i in range(23)]
+    transit = _client(vault_server.addr, vault_server.token, transit_mount, RequestLimits(3), 4)
+    try:
+        results = transit.decrypt_batch(key, [DecryptRequest(v, None) for v in values])
+    finally:
+        transit.close()
+    assert [r.ok for r in results] == [bool(i % 5) for i in range(23)]
+    assert all(base64.b64decode(r.value or "") == b"good" for r in results if r.ok)
+
+
+@pytest.fixture(scope="module")
+def tight_server() -> Iterator[DevServer]:
+    """A private OpenBao dev server with a second listener at max_request_json_strings=120."""
+    with start_dev_server(listener_options={"max_request_json_strings": TIGHT_STRINGS}) as server:
+        server.enable_transit("transit")
+        client = hvac.Client(url=server.addr, token=server.token)
+        client.secrets.transit.create_key(
+            name="conv", derived=True, convergent_encryption=True, mount_point="transit"
+        )
+        yield server
+
+
+def test_a_refusal_halves_the_request_keeps_the_size_and_warns_once(
+    tight_server: DevServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    limits = RequestLimits(150)
+    items = _items(300)
+    transit = _client(tight_server.tight_addr or "", tight_server.token, "transit", limits, 4)
+    caplog.set_level(logging.DEBUG, logger="context_encryption")
+    try:
+        encrypted = transit.encrypt_batch(
+            "conv", [EncryptRequest(b64(t), c) for t, c in items], key_version=1
+        )
+        refusals = limits.refusals
+        assert refusals > 0
+        assert limits.max_items <= TIGHT_ITEMS
+        # the smaller size is kept: a second call is not refused again
+        transit.encrypt_batch("conv", [EncryptRequest(b64(t), c) for t, c in items], 1)
+        assert limits.refusals == refusals
+    finally:
+        transit.close()
+    assert all(r.ok for r in encrypted), "a refusal must never become a failed item"
+    reference = _one_by_one(
+        hvac.Client(url=tight_server.addr, token=tight_server.token), "transit", "conv", items
+    )
+    assert [r.value for r in encrypted] == reference
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    message = warnings[0].getMessage()
+    assert f"-x vault-batch-items={limits.max_items}" in message
+    assert "refused JSON input due to high complexity" in message
+
+
+# -- the migration, both directions and verify ----------------------------------------------
+
+
+def _seed_all(m: Migration, n: int) -> dict[str, dict[Any, Plain]]:
+    return {t: seed(m.engine, m.vault, t, sample_rows(t, n), m.hmac_secret) for t in TABLE_NAMES}
+
+
+def _assert_all(m: Migration, data: dict[str, dict[Any, Plain]], scheme: str) -> None:
+    for table, expected in data.items():
+        assert_scheme(m.engine, m.vault, table, expected, scheme, m.hmac_secret)
+
+
+def test_split_requests_migrate_every_value_to_its_own_row_both_ways(
+    migration: Migration,
+) -> None:
+    data = _seed_all(migration, 41)
+    x = {"vault_batch_items": 4, "batch_size": 17, "workers": 3}
+
+    report = migration.upgrade("head", **x)
+    assert report["outcome"] == "completed"
+    _assert_all(migration, data, "new")
+    users = next(t for t in report["tables"] if t["table"] == "users")
+    assert users["vault_requests"] >= 41 * 3 * 2 // 4  # really split
+
+    verify = subprocess_verify(migration.env, "--vault-batch-items", "3", "--json")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert json.loads(verify.stdout)["ok"] is True
+
+    report = migration.downgrade("base", **x)
+    assert report["outcome"] == "completed"
+    _assert_all(migration, data, "old")
