@@ -1,3 +1,3 @@
-"""Shared fixtures: real PostgreSQL, Vault or vaultdev, and the migration as operators run it."""
+"""Shared fixtures: real PostgreSQL, a real Vault (OpenBao), the migration run as operators do."""
 
 pytest_plugins = ["tests.db_fixtures", "tests.vault_fixtures", "tests.migration_fixtures"]

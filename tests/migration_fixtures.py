@@ -1,4 +1,13 @@
-"""Fixtures that drive the migration as operators do: alembic's command API and its CLI."""
+"""Fixtures that drive the migration as operators do: alembic's command API and its CLI.
+
+* ``transit_keys`` (function): the old and the new key in a fresh Transit mount.
+* ``vault_faults`` (function): a :class:`~tests.fault_proxy.FaultProxy` in front of the
+  session's Vault, stopped after the test. A test that asks for it gets a ``migration`` whose
+  ``VAULT_ADDR`` is the proxy, so every request of the migration passes through it (and is
+  counted); seeding and checks through ``Migration.vault`` still go straight to the server.
+* ``migration`` (function): a fresh database with the seven tables, the keys, an HMAC secret,
+  and the environment of a run (``Migration.env``, also set in ``os.environ``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,7 @@ import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +27,9 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from tests.fault_proxy import FaultProxy
 from tests.seeding import Vault
+from tests.vault_fixtures import VaultServer
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD_KEY = "pos-encryption-key"
@@ -102,18 +114,34 @@ def transit_keys(vault_client: Any, transit_mount: str) -> Vault:
 
 
 @pytest.fixture
+def vault_faults(vault_server: VaultServer) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the session's Vault for one test (seeded: reproducible)."""
+    proxy = FaultProxy(vault_server.addr, seed=20240601)
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture
 def migration(
+    request: pytest.FixtureRequest,
     app_db: sa.Engine,
     database_url: sa.URL,
-    vault_server: Any,
+    vault_server: VaultServer,
     transit_keys: Vault,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> Migration:
     hmac_secret = "hmac-" + secrets.token_hex(16)
+    vault_addr = vault_server.addr
+    if "vault_faults" in request.fixturenames:
+        proxy: FaultProxy = request.getfixturevalue("vault_faults")
+        vault_addr = proxy.addr
     env = {
         "DATABASE_URL": database_url.render_as_string(hide_password=False),
-        "VAULT_ADDR": vault_server.addr,
+        "VAULT_ADDR": vault_addr,
         "VAULT_TOKEN": vault_server.token,
         "VAULT_TRANSIT_MOUNT": transit_keys.mount,
         "VAULT_OLD_KEY": OLD_KEY,

@@ -1,15 +1,20 @@
-"""Pytest plugin: a Vault to test against (real Vault or vaultdev) and helpers around it.
+"""Pytest plugin: a real Vault-API server to test against, and helpers around it.
 
 Fixtures:
 
-* ``vault_server`` (session): the real Vault named by ``VAULT_ADDR`` + ``VAULT_TOKEN`` when both
-  are set, else a vaultdev subprocess on a free port with a random root token (stopped at the
-  end of the session). Returns :class:`VaultServer`.
+* ``vault_server`` (session): the real Vault or OpenBao named by ``VAULT_ADDR`` + ``VAULT_TOKEN``
+  when both are set (used as is), else one throwaway OpenBao dev server for the whole session
+  (:func:`app_models.openbao.start_dev_server`, random root token, stopped at the end). Its
+  ``tight_addr`` is a second listener of that server refusing bodies of more than
+  :data:`TIGHT_JSON_STRINGS` JSON strings (``None`` on a server given by the environment).
+  With ``CI=true`` and no server to be had the session fails loudly; elsewhere the tests that
+  need Vault are skipped with the reason.
 * ``vault_client`` (session): ``hvac.Client`` for that server with its root token.
 * ``transit_mount`` (function): a fresh transit mount ``transit-t-<hex>`` enabled through hvac,
-  disabled afterwards. Tests that use it run unchanged against real Vault.
-* ``vault_faults`` (function): a :class:`FaultHandle` on vaultdev's fault injection (skipped on
-  real Vault); faults are cleared after the test.
+  disabled afterwards.
+
+Faults (latency, error statuses, dropped connections) come from :mod:`tests.fault_proxy` in
+front of this server: the ``vault_faults`` fixture of :mod:`tests.migration_fixtures`.
 
 Helpers: :func:`backup_blob` builds a restorable Transit backup with known key material (the
 reference's Appendix C) and :func:`restore_known_key` restores it into a mount.
@@ -23,57 +28,34 @@ import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import hvac
 import pytest
 
-from vaultdev import control
-from vaultdev.process import start_vaultdev
+from app_models.openbao import OpenBaoError, start_dev_server
 
 __all__ = [
-    "FaultHandle",
+    "TIGHT_JSON_STRINGS",
     "VaultServer",
     "backup_blob",
     "restore_known_key",
     "transit_mount",
     "vault_client",
-    "vault_faults",
     "vault_server",
 ]
+
+#: ``max_request_json_strings`` of the session dev server's second listener (``tight_addr``).
+TIGHT_JSON_STRINGS: Final = 120
 
 
 @dataclass(frozen=True)
 class VaultServer:
-    """Where the tests' Vault is: address, root token, and whether it is vaultdev."""
+    """Where the tests' Vault is: address and root token (and the tight listener, if any)."""
 
     addr: str
     token: str
-    is_vaultdev: bool
-
-
-@dataclass(frozen=True)
-class FaultHandle:
-    """vaultdev fault injection for one test (see :mod:`vaultdev.faults` for the settings)."""
-
-    addr: str
-    token: str
-
-    def set(self, **cfg: Any) -> dict[str, Any]:
-        """Replace the fault configuration, e.g. ``set(next=[{"status": 503, "count": 2}])``."""
-        return control.set_faults(self.addr, self.token, **cfg)
-
-    def get(self) -> dict[str, Any]:
-        return control.get_faults(self.addr, self.token)
-
-    def clear(self) -> None:
-        control.clear_faults(self.addr, self.token)
-
-    def stats(self) -> dict[str, Any]:
-        return control.get_stats(self.addr, self.token)
-
-    def reset_stats(self) -> None:
-        control.reset_stats(self.addr, self.token)
+    tight_addr: str | None = None
 
 
 @pytest.fixture(scope="session")
@@ -81,13 +63,22 @@ def vault_server() -> Iterator[VaultServer]:
     addr = os.environ.get("VAULT_ADDR")
     token = os.environ.get("VAULT_TOKEN")
     if addr and token:
-        yield VaultServer(addr.rstrip("/"), token, is_vaultdev=False)
+        yield VaultServer(addr.rstrip("/"), token)
         return
-    proc = start_vaultdev(root_token=f"root-{secrets.token_hex(12)}")
     try:
-        yield VaultServer(proc.addr, proc.token, is_vaultdev=True)
+        server = start_dev_server(
+            token=f"root-{secrets.token_hex(12)}",
+            listener_options={"max_request_json_strings": TIGHT_JSON_STRINGS},
+        )
+    except OpenBaoError as exc:
+        reason = f"no Vault to test against: VAULT_ADDR/VAULT_TOKEN unset, and {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield VaultServer(server.addr, server.token, server.tight_addr)
     finally:
-        proc.stop()
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -103,18 +94,6 @@ def transit_mount(vault_client: Any) -> Iterator[str]:
         yield path
     finally:
         vault_client.sys.disable_secrets_engine(path)
-
-
-@pytest.fixture
-def vault_faults(vault_server: VaultServer) -> Iterator[FaultHandle]:
-    if not vault_server.is_vaultdev:
-        pytest.skip("fault injection is a vaultdev feature; the tests run against real Vault")
-    handle = FaultHandle(vault_server.addr, vault_server.token)
-    handle.clear()
-    try:
-        yield handle
-    finally:
-        handle.clear()
 
 
 def backup_blob(
