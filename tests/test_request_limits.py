@@ -12,13 +12,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import hvac
 import pytest
 
-from app_models.openbao import DevServer, start_dev_server
 from app_models.tables import TABLE_NAMES
 from app_models.transit import (
     DecryptRequest,
@@ -30,10 +28,10 @@ from app_models.transit import (
 from tests.migration_fixtures import Migration
 from tests.seeding import Plain, assert_scheme, sample_rows, seed
 from tests.test_verify import subprocess_verify
+from tests.vault_fixtures import TIGHT_JSON_STRINGS
 
 #: The tight listener's limit: 23 items of 5 strings (plus 2) fit, 24 do not.
-TIGHT_STRINGS = 120
-TIGHT_ITEMS = (TIGHT_STRINGS - 2) // 5
+TIGHT_ITEMS = (TIGHT_JSON_STRINGS - 2) // 5
 
 
 def b64(text: str) -> str:
@@ -143,24 +141,22 @@ def test_failed_items_of_a_split_batch_stay_with_their_own_items(
     assert all(base64.b64decode(r.value or "") == b"good" for r in results if r.ok)
 
 
-@pytest.fixture(scope="module")
-def tight_server() -> Iterator[DevServer]:
-    """A private OpenBao dev server with a second listener at max_request_json_strings=120."""
-    with start_dev_server(listener_options={"max_request_json_strings": TIGHT_STRINGS}) as server:
-        server.enable_transit("transit")
-        client = hvac.Client(url=server.addr, token=server.token)
-        client.secrets.transit.create_key(
-            name="conv", derived=True, convergent_encryption=True, mount_point="transit"
-        )
-        yield server
+def _tight(vault_server: Any) -> str:
+    if vault_server.tight_addr is None:
+        pytest.skip("the suite's server has no tight listener (VAULT_ADDR points elsewhere)")
+    return str(vault_server.tight_addr)
 
 
 def test_a_refusal_halves_the_request_keeps_the_size_and_warns_once(
-    tight_server: DevServer, caplog: pytest.LogCaptureFixture
+    vault_server: Any, vault_client: Any, transit_mount: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    tight = _tight(vault_server)
+    vault_client.secrets.transit.create_key(
+        name="conv", derived=True, convergent_encryption=True, mount_point=transit_mount
+    )
     limits = RequestLimits(150)
     items = _items(300)
-    transit = _client(tight_server.tight_addr or "", tight_server.token, "transit", limits, 4)
+    transit = _client(tight, vault_server.token, transit_mount, limits, 4)
     caplog.set_level(logging.DEBUG, logger="context_encryption")
     try:
         encrypted = transit.encrypt_batch(
@@ -175,9 +171,7 @@ def test_a_refusal_halves_the_request_keeps_the_size_and_warns_once(
     finally:
         transit.close()
     assert all(r.ok for r in encrypted), "a refusal must never become a failed item"
-    reference = _one_by_one(
-        hvac.Client(url=tight_server.addr, token=tight_server.token), "transit", "conv", items
-    )
+    reference = _one_by_one(vault_client, transit_mount, "conv", items)
     assert [r.value for r in encrypted] == reference
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
@@ -215,5 +209,26 @@ def test_split_requests_migrate_every_value_to_its_own_row_both_ways(
     assert json.loads(verify.stdout)["ok"] is True
 
     report = migration.downgrade("base", **x)
+    assert report["outcome"] == "completed"
+    _assert_all(migration, data, "old")
+
+
+def test_a_server_tighter_than_the_defaults_still_migrates_everything_both_ways(
+    migration: Migration, vault_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every setting at its default, against a listener that refuses 24 items with context."""
+    tight = _tight(vault_server)
+    data = {
+        t: seed(migration.engine, migration.vault, t, sample_rows(t, 30), migration.hmac_secret)
+        for t in ("users", "guest_orders")
+    }
+    caplog.set_level(logging.WARNING, logger="context_encryption")
+    report = migration.upgrade("0003_guest_orders", vault_addr=tight)
+    assert report["outcome"] == "completed"
+    refusals = [r for r in caplog.records if "vault-batch-items=" in r.getMessage()]
+    assert len(refusals) == 1, "one warning per run, with the setting that avoids it"
+    _assert_all(migration, data, "new")
+    caplog.clear()
+    report = migration.downgrade("base", vault_addr=tight)
     assert report["outcome"] == "completed"
     _assert_all(migration, data, "old")
