@@ -619,6 +619,12 @@ class FaultProxy:
             self._hold.notify_all()
 
     @property
+    def allowance(self) -> int:
+        """Requests :meth:`allow` let through that have not come yet."""
+        with self._hold:
+            return self._allowance
+
+    @property
     def held(self) -> int:
         """Requests waiting in :meth:`hold` right now."""
         with self._hold:

@@ -1,20 +1,26 @@
-"""Vault faults (issue 5, point 3), injected by vaultdev over real HTTP.
+"""Vault faults (issue 5, point 3) on a real OpenBao server, injected by a proxy over real HTTP.
 
-* Latency, 429, 500, 503 and dropped connections on 5-10 % of requests: upgrade head and
-  downgrade base complete with correct data (urllib3's Retry, backoff with jitter).
-* An outage longer than the retry budget (every request 503, or vaultdev stopped altogether)
-  stops the run cleanly: a clear message, the revision unstamped, the checkpoint kept, and a
-  re-run after the outage resumes there and completes. These runs hand the engine a Vault client
-  built exactly as ``TransitClient.from_settings`` builds it, with urllib3's Retry from
-  ``build_retry`` but a shorter budget (the default one lasts about 50 s per request).
-* ``cipher: message authentication failed`` is a data fault: never retried (vaultdev's request
+* Latency, 429, 500, 503 and dropped connections on 5-10 % of requests (the fault proxy of
+  :mod:`tests.fault_proxy`, seeded, so the k-th request meets the same fault on every run):
+  upgrade head and downgrade base complete with correct data (urllib3's Retry, backoff with
+  jitter).
+* An outage longer than the retry budget (every request answered 503 by the proxy, or the
+  OpenBao server itself stopped mid-run and restarted on the same port) stops the run cleanly:
+  a clear message, the revision unstamped, the checkpoint kept, and a re-run after the outage
+  resumes there and completes. The proxy holds the run's requests while the outage is switched
+  on, so the outage lands mid-table whatever the machine's speed. These runs hand the engine a
+  Vault client built exactly as ``TransitClient.from_settings`` builds it, with urllib3's Retry
+  from ``build_retry`` but a shorter budget (the default one lasts about 50 s per request).
+* ``cipher: message authentication failed`` is a data fault: never retried (the proxy's request
   counters show exactly one source decrypt and one trial decrypt per batch).
-* A token that expires mid-run is renewed when renewable; otherwise the run stops cleanly,
-  resumable, and says the token expired.
+* Tokens come from OpenBao itself (child tokens with real TTLs, policies, renewal, revocation):
+  a token that expires mid-run is renewed when renewable; otherwise the run stops cleanly,
+  resumable, and says the token expired. The proxy's latency makes the run outlast the TTLs.
 """
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,10 +30,12 @@ import hvac
 import pytest
 from alembic.util import CommandError
 
+from app_models.openbao import DevServer, free_port, start_dev_server
 from app_models.preflight import collect_preflight
 from app_models.settings import load_settings
 from app_models.tables import TABLE_NAMES
 from app_models.transit import TransitClient
+from tests.fault_proxy import FaultProxy
 from tests.migration_fixtures import NEW_KEY, OLD_KEY, Migration
 from tests.reliability_helpers import (
     checkpoints,
@@ -38,9 +46,6 @@ from tests.reliability_helpers import (
     table_summary,
 )
 from tests.seeding import Vault, assert_scheme, read_table, sample_rows, seed
-from tests.vault_fixtures import FaultHandle, restore_known_key
-from vaultdev import control
-from vaultdev.process import VaultdevProcess, start_vaultdev
 
 SIZES = {"users": 400, "invitations": 500, "guest_orders": 150}
 
@@ -67,16 +72,26 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[BaseExcepti
     return t, errors
 
 
-def wait_for_batches(m: Migration, revision: str, n: int, t: threading.Thread) -> str:
-    """Wait until ``revision``'s checkpoint names a committed batch; return its last_pk."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        cps = [c for c in checkpoints(m.engine) if c["revision"] == revision]
-        if cps and cps[0]["last_pk"] is not None and cps[0]["batch_seq"] >= n - 1:
-            return str(cps[0]["last_pk"])
+def committed_batches(m: Migration, revision: str) -> int:
+    """Batches of ``revision`` this run has committed (0 before its first checkpoint)."""
+    cps = [c for c in checkpoints(m.engine) if c["revision"] == revision]
+    if not cps or cps[0]["last_pk"] is None:
+        return 0
+    return int(cps[0]["batch_seq"]) + 1
+
+
+def step_until(
+    proxy: FaultProxy, done: Callable[[], bool], t: threading.Thread, timeout: float = 120
+) -> None:
+    """With the proxy holding the run's requests, let them through one at a time until
+    ``done()``; the run then stays frozen at the proxy until the test releases it."""
+    deadline = time.monotonic() + timeout
+    while not done():
         assert t.is_alive(), "the run ended before the fault could be injected"
-        time.sleep(0.005)
-    raise AssertionError("no progress")
+        assert time.monotonic() < deadline, "no progress"
+        if proxy.held and proxy.allowance == 0:
+            proxy.allow(1)
+        time.sleep(0.002)
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,25 +99,57 @@ def wait_for_batches(m: Migration, revision: str, n: int, t: threading.Thread) -
 # --------------------------------------------------------------------------------------------
 
 
+#: The fault sequence of this seed is checked below (``expected_faults``): within the requests
+#: the upgrade alone must make, it injects at least 10 errors (each of 429, 500 and 503) and 3
+#: drops, so the assertions never depend on luck.
+RANDOM_SEED = 5
+BATCH = 10
+
+
+def expected_faults(upstream: str, n: int, **cfg: Any) -> dict[str, int]:
+    """What the first ``n`` matching requests meet with ``RANDOM_SEED`` and ``cfg``: the
+    proxy's own decision routine on an unstarted twin."""
+    twin = FaultProxy(upstream, seed=RANDOM_SEED)
+    twin.set(**cfg)
+    out = {"errors": 0, "drops": 0, "429": 0, "500": 0, "503": 0}
+    for _ in range(n):
+        action = twin.decide(f"{cfg['paths'][0]}decrypt/k")
+        assert action is not None
+        if action.drop:
+            out["drops"] += 1
+        elif action.status is not None:
+            out["errors"] += 1
+            out[str(action.status)] += 1
+    return out
+
+
 @pytest.mark.slow
 def test_random_faults_upgrade_and_downgrade_complete(
-    migration: Migration, vault_faults: FaultHandle
+    migration: Migration, vault_faults: FaultProxy
 ) -> None:
     m = migration
     data = seed_all(m)
+    cfg: dict[str, Any] = {
+        "latency_ms": 1,
+        "latency_jitter_ms": 4,
+        "error_rate": 0.06,
+        "error_statuses": [429, 500, 503],
+        "drop_rate": 0.03,
+        "paths": [f"{m.vault.mount}/"],
+    }
+    # every batch of the upgrade sends at least one decrypt and one encrypt request
+    floor = 2 * sum(-(-len(rows) // BATCH) for rows in data.values())
+    expected = expected_faults(vault_faults.upstream, floor, **cfg)
+    assert expected["errors"] >= 10 and expected["drops"] >= 3, expected
+    assert all(expected[s] >= 1 for s in ("429", "500", "503")), expected
+
     vault_faults.reset_stats()
-    vault_faults.set(
-        latency_ms=1,
-        latency_jitter_ms=4,
-        error_rate=0.06,
-        error_statuses=[429, 500, 503],
-        drop_rate=0.03,
-        paths=[f"{m.vault.mount}/"],
-    )
-    up = run_alembic(m, "-x", "batch-size=10", "upgrade", "head")
+    vault_faults.seed(RANDOM_SEED)
+    vault_faults.set(**cfg)
+    up = run_alembic(m, "-x", f"batch-size={BATCH}", "upgrade", "head")
     assert up.proc.returncode == 0, up.stderr
     mid = vault_faults.stats()
-    down = run_alembic(m, "-x", "batch-size=10", "downgrade", "base")
+    down = run_alembic(m, "-x", f"batch-size={BATCH}", "downgrade", "base")
     assert down.proc.returncode == 0, down.stderr
     stats = vault_faults.stats()
     vault_faults.clear()
@@ -121,9 +168,13 @@ def test_random_faults_upgrade_and_downgrade_complete(
         f"injected errors {injected['errors']} (statuses {statuses}), drops {injected['drops']}, "
         f"delayed {injected['delayed']}: all survived"
     )
-    assert injected["errors"] >= 10 and injected["drops"] >= 3
+    # the first `floor` matching requests met exactly the expected faults; more came after
+    assert mid["requests"]["decrypt"] + mid["requests"]["encrypt"] >= floor, mid
+    assert injected["errors"] >= expected["errors"] >= 10
+    assert injected["drops"] >= expected["drops"] >= 3
     for s in ("429", "500", "503"):
-        assert statuses.get(s, 0) >= 1, f"no {s} was injected"
+        assert statuses.get(s, 0) >= expected[s] >= 1, f"no {s} was injected"
+    assert "Vault request failed" in up.stderr + down.stderr, "retries were not logged"
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,34 +183,43 @@ def test_random_faults_upgrade_and_downgrade_complete(
 
 
 def test_outage_longer_than_retry_budget_stops_cleanly_and_resumes(
-    migration: Migration, vault_faults: FaultHandle
+    migration: Migration, vault_faults: FaultProxy
 ) -> None:
     m = migration
     data = seed_all(m, {"users": 20, "invitations": 600})
     m.upgrade("0001_users")
-    vault_faults.set(latency_ms=4, paths=[f"{m.vault.mount}/"])
     factory = small_retry_factory(total=3)
+    mount = f"{m.vault.mount}/"
 
+    vault_faults.hold(mount)
     t, errors = in_thread(
         lambda: run_inprocess(m, "upgrade", "head", factory=factory, batch_size=20, workers=2)
     )
-    wait_for_batches(m, "0002_invitations", 3, t)
-    vault_faults.set(next=[{"status": 503, "count": 5000}], paths=[f"{m.vault.mount}/"])
-    t.join(60)
+    step_until(vault_faults, lambda: committed_batches(m, "0002_invitations") >= 3, t)
+    # the run is frozen at the proxy mid-table: Vault goes away for longer than the budget
+    vault_faults.reset_stats()
+    vault_faults.set(next=[{"status": 503, "count": 5000}], paths=[mount])
+    vault_faults.release()
+    t.join(120)
     assert not t.is_alive()
+    outage = vault_faults.stats()
     vault_faults.clear()
 
     assert len(errors) == 1 and isinstance(errors[0], CommandError), errors
     message = str(errors[0])
-    print(f"\noutage message: {message}")
+    print(f"\noutage message: {message}\nproxy during the outage: {outage}")
     assert "Vault is unavailable" in message or "cannot reach Vault" in message
     assert "after retries" in message
     assert "re-run" in message and "checkpoint" in message
+    # the budget was spent: a request was tried 1 + 3 times, every answer an injected 503
+    assert outage["faults_injected"]["errors"] >= 4, outage
+    assert outage["forwarded"] == 0 and set(outage["statuses"]) == {"503"}, outage
     assert m.reports[-1]["outcome"] == "failed"
     assert m.current() == "0001_users", "a revision was stamped after an outage"
     cps = [c for c in checkpoints(m.engine) if c["revision"] == "0002_invitations"]
     assert len(cps) == 1 and cps[0]["last_pk"] is not None
     resume_at = cps[0]["last_pk"]
+    assert int(resume_at) < max(data["invitations"]), "the outage did not land mid-table"
 
     report = m.upgrade("head", batch_size=20)
     summary = table_summary(report, "invitations")
@@ -170,75 +230,102 @@ def test_outage_longer_than_retry_budget_stops_cleanly_and_resumes(
         assert_scheme(m.engine, m.vault, tname, data[tname], "new", m.hmac_secret)
 
 
+class PrivateVault:
+    """An OpenBao dev server of this test's own on a fixed port, which it may stop and start
+    again at the same address (vault_server is shared by the session)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.token = f"root-{secrets.token_hex(12)}"
+        self.server: DevServer | None = None
+
+    @property
+    def addr(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> hvac.Client:
+        self.server = start_dev_server(token=self.token, port=self.port)
+        self.server.enable_transit("transit")
+        return hvac.Client(url=self.addr, token=self.token)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
 @pytest.fixture
-def private_vault() -> Iterator[VaultdevProcess]:
-    """A vaultdev of this test's own, which the test may stop (vault_server is shared)."""
-    vd = start_vaultdev()
+def private_vault() -> Iterator[PrivateVault]:
+    vault = PrivateVault()
     try:
-        yield vd
+        yield vault
     finally:
-        vd.stop()
-
-
-def _known_keys(client: Any) -> None:
-    restore_known_key(client, "transit", OLD_KEY, bytes(range(32)), bytes(range(32, 64)))
-    restore_known_key(
-        client,
-        "transit",
-        NEW_KEY,
-        bytes(range(64, 96)),
-        bytes(range(96, 128)),
-        derived=True,
-        convergent=True,
-    )
+        vault.stop()
 
 
 def test_vault_stopped_mid_run_stops_cleanly_and_resumes_on_a_restarted_vault(
-    migration: Migration, private_vault: VaultdevProcess, monkeypatch: pytest.MonkeyPatch
+    migration: Migration, private_vault: PrivateVault, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     m = migration
-    client = hvac.Client(url=private_vault.addr, token=private_vault.token)
-    _known_keys(client)
-    vault = Vault(client, "transit", OLD_KEY, NEW_KEY)
-    monkeypatch.setenv("VAULT_ADDR", private_vault.addr)
-    monkeypatch.setenv("VAULT_TOKEN", private_vault.token)
-    monkeypatch.setenv("VAULT_TRANSIT_MOUNT", "transit")
-    data = seed(m.engine, vault, "users", sample_rows("users", 800), m.hmac_secret)
-    control.set_faults(private_vault.addr, private_vault.token, latency_ms=5)
-    factory = small_retry_factory(total=3)
-    t, errors = in_thread(
-        lambda: run_inprocess(m, "upgrade", "0001_users", factory=factory, batch_size=20)
+    client = private_vault.start()
+    transit = client.secrets.transit
+    transit.create_key(name=OLD_KEY, exportable=True, allow_plaintext_backup=True)
+    transit.create_key(
+        name=NEW_KEY,
+        derived=True,
+        convergent_encryption=True,
+        exportable=True,
+        allow_plaintext_backup=True,
     )
-    wait_for_batches(m, "0001_users", 3, t)
-    private_vault.stop()
-    t.join(60)
-    assert not t.is_alive()
-    assert len(errors) == 1 and isinstance(errors[0], CommandError), errors
-    message = str(errors[0])
-    print(f"\nVault stopped: {message}")
-    assert "cannot reach Vault" in message and "re-run" in message
-    assert m.current() is None
-    cps = [c for c in checkpoints(m.engine) if c["revision"] == "0001_users"]
-    assert len(cps) == 1 and cps[0]["last_pk"] is not None
+    # the operator's backups of both keys (the dev server keeps keys in memory only)
+    backups = {k: transit.backup_key(name=k)["data"]["backup"] for k in (OLD_KEY, NEW_KEY)}
+    vault = Vault(client, "transit", OLD_KEY, NEW_KEY)
+    data = seed(m.engine, vault, "users", sample_rows("users", 800), m.hmac_secret)
 
-    # Vault is back (same keys, restored from backup), the operator re-runs the same command
-    with start_vaultdev(root_token=private_vault.token) as again:
-        client2 = hvac.Client(url=again.addr, token=again.token)
-        _known_keys(client2)
-        monkeypatch.setenv("VAULT_ADDR", again.addr)
-        report = m.upgrade("0001_users", batch_size=20)
-        summary = table_summary(report, "users")
-        assert summary["resumed_after"] == cps[0]["last_pk"]
-        assert summary["rows_scanned"] < len(data)
-        assert m.current() == "0001_users"
-        assert_scheme(
-            m.engine,
-            Vault(client2, "transit", OLD_KEY, NEW_KEY),
-            "users",
-            data,
-            "new",
-            m.hmac_secret,
+    with FaultProxy(private_vault.addr) as proxy:
+        monkeypatch.setenv("VAULT_ADDR", proxy.addr)
+        monkeypatch.setenv("VAULT_TOKEN", private_vault.token)
+        monkeypatch.setenv("VAULT_TRANSIT_MOUNT", "transit")
+        factory = small_retry_factory(total=3)
+        proxy.hold("transit/")
+        t, errors = in_thread(
+            lambda: run_inprocess(m, "upgrade", "0001_users", factory=factory, batch_size=20)
         )
+        step_until(proxy, lambda: committed_batches(m, "0001_users") >= 3, t)
+        private_vault.stop()  # while the run waits at the proxy: Vault is gone
+        proxy.reset_stats()
+        proxy.release()
+        t.join(120)
+        assert not t.is_alive()
+        stopped = proxy.stats()
+        assert len(errors) == 1 and isinstance(errors[0], CommandError), errors
+        message = str(errors[0])
+        print(f"\nVault stopped: {message}\nproxy meanwhile: {stopped}")
+        assert "cannot reach Vault" in message and "re-run" in message
+        # every try of the failing request found no server behind the proxy
+        assert stopped["upstream_failures"] >= 4 and stopped["forwarded"] == 0, stopped
+        assert m.current() is None
+        cps = [c for c in checkpoints(m.engine) if c["revision"] == "0001_users"]
+        assert len(cps) == 1 and cps[0]["last_pk"] is not None
+
+        # Vault is back at the same address, its keys restored from the backups; the
+        # operator re-runs the same command
+        client2 = private_vault.start()
+        for name, blob in backups.items():
+            client2.secrets.transit.restore_key(backup=blob, name=name)
+        report = m.upgrade("0001_users", batch_size=20)
+    summary = table_summary(report, "users")
+    assert summary["resumed_after"] == cps[0]["last_pk"]
+    assert summary["rows_scanned"] < len(data)
+    assert m.current() == "0001_users"
+    assert_scheme(
+        m.engine,
+        Vault(client2, "transit", OLD_KEY, NEW_KEY),
+        "users",
+        data,
+        "new",
+        m.hmac_secret,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,12 +335,16 @@ def test_vault_stopped_mid_run_stops_cleanly_and_resumes_on_a_restarted_vault(
 
 @pytest.mark.parametrize("on_error", ["skip", "abort"])
 def test_authentication_failure_is_never_retried(
-    migration: Migration, vault_faults: FaultHandle, on_error: str
+    migration: Migration, vault_faults: FaultProxy, on_error: str
 ) -> None:
     m = migration
     data = seed(m.engine, m.vault, "invitations", sample_rows("invitations", 30), m.hmac_secret)
-    pk = sorted(data)[7]
+    # a row with a non-empty email, in the middle of the batch
+    with_email = [pk for pk in sorted(data) if data[pk]["email"]]
+    assert len(with_email) >= 10, "the seeded rows lack emails"
+    pk = with_email[len(with_email) // 2]
     ct = read_table(m.engine, "invitations")[pk]["email"]
+    assert isinstance(ct, str) and ct.startswith("vault:v1:")
     tampered = ct[:-8] + ("A" if ct[-8] != "A" else "B") + ct[-7:]
     set_values(m, "invitations", pk, email=tampered)
     m.upgrade("0001_users")
@@ -303,14 +394,14 @@ def _child_token(m: Migration, *, renewable: bool, ttl: str) -> str:
     return str(resp["auth"]["client_token"])
 
 
-def _slow_users(m: Migration, vault_faults: FaultHandle, n: int = 900) -> dict[Any, Any]:
+def _slow_users(m: Migration, vault_faults: FaultProxy, n: int = 900) -> dict[Any, Any]:
     data = seed(m.engine, m.vault, "users", sample_rows("users", n), m.hmac_secret)
     vault_faults.set(latency_ms=40, paths=[f"{m.vault.mount}/"])
     return data
 
 
 def test_renewable_token_expiring_mid_run_is_renewed(
-    migration: Migration, vault_faults: FaultHandle, monkeypatch: pytest.MonkeyPatch
+    migration: Migration, vault_faults: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     m = migration
     data = _slow_users(m, vault_faults)
@@ -362,7 +453,7 @@ def _short_token_stops_cleanly(m: Migration, data: dict[Any, Any], before: Any) 
 
 
 def test_non_renewable_short_token_stops_cleanly_and_says_so(
-    migration: Migration, vault_faults: FaultHandle, monkeypatch: pytest.MonkeyPatch
+    migration: Migration, vault_faults: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     m = migration
     data = _slow_users(m, vault_faults)
@@ -375,7 +466,7 @@ def test_non_renewable_short_token_stops_cleanly_and_says_so(
 
 
 def test_token_at_its_max_ttl_stops_cleanly_and_says_so(
-    migration: Migration, vault_faults: FaultHandle, monkeypatch: pytest.MonkeyPatch
+    migration: Migration, vault_faults: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     m = migration
     data = _slow_users(m, vault_faults)
@@ -391,7 +482,7 @@ def test_token_at_its_max_ttl_stops_cleanly_and_says_so(
 
 
 def test_token_whose_renewal_is_refused_stops_cleanly_mid_run(
-    migration: Migration, vault_faults: FaultHandle, monkeypatch: pytest.MonkeyPatch
+    migration: Migration, vault_faults: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A renewable token whose policy does not allow renew-self: it passes the preflight, the
     renewal mid-run is refused, and the run stops cleanly before the token expires, saying so."""
@@ -416,7 +507,7 @@ path "sys/capabilities-self" {{ capabilities = ["update"] }}
 
 
 def test_token_revoked_mid_run_stops_cleanly_and_says_so(
-    migration: Migration, vault_faults: FaultHandle, monkeypatch: pytest.MonkeyPatch
+    migration: Migration, vault_faults: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A token that stops working before its TTL says (revoked, or expired on Vault's clock)."""
     m = migration
@@ -424,12 +515,15 @@ def test_token_revoked_mid_run_stops_cleanly_and_says_so(
     token = _child_token(m, renewable=True, ttl="1h")
     monkeypatch.setenv("VAULT_TOKEN", token)
     factory = small_retry_factory(total=2)
+    vault_faults.hold(f"{m.vault.mount}/")
     t, errors = in_thread(
         lambda: run_inprocess(m, "upgrade", "0001_users", factory=factory, batch_size=20)
     )
-    wait_for_batches(m, "0001_users", 2, t)
-    m.vault.client.auth.token.revoke(token)
-    t.join(60)
+    step_until(vault_faults, lambda: committed_batches(m, "0001_users") >= 2, t)
+    m.vault.client.auth.token.revoke(token)  # by OpenBao itself, while the run waits
+    vault_faults.release()
+    t.join(120)
+    assert not t.is_alive()
     vault_faults.clear()
     assert len(errors) == 1 and isinstance(errors[0], CommandError), errors
     message = str(errors[0])
