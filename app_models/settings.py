@@ -2,14 +2,25 @@
 
 Every ``-x`` name of DESIGN.md's configuration table is accepted; an unknown name or a value
 that does not parse raises :class:`~app_models.errors.ConfigurationError` naming it, so a typo
-such as ``-x dry-rum=true`` or ``-x dry-run=maybe`` can never start a live run.
+such as ``-x dry-rum=true`` or ``-x dry-run=maybe`` can never start a live run. Everything that
+can be checked without the database or Vault is checked here, before the first row: the Vault
+address's scheme, the CA bundle's path, the report path (a writable file in an existing
+directory).
+
+The settings are one table, :data:`OPTIONS`: name, environment variables, parser, default and
+help, shared by ``alembic -x`` and the ``context-encryption`` flags. Messages name the option
+the way the user gave it (:class:`Spelling`: ``-x batch-size`` or ``--batch-size``, or the
+environment variable it came from).
 Secrets are kept in :class:`Secret`, whose ``repr`` and ``str`` never show the value.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Final, Literal
 
@@ -32,6 +43,8 @@ MAX_WORKERS: Final = 64
 DEFAULT_VAULT_BATCH_ITEMS: Final = 150
 #: Vault's ``max_json_array_element_count``: no setting may go above it.
 MAX_VAULT_BATCH_ITEMS: Final = 10_000
+
+log = logging.getLogger("context_encryption")
 
 
 class Secret:
@@ -105,52 +118,62 @@ _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|min|m|h)?\s*$")
 _INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
 _DURATION_FACTOR = {None: 1, "ms": 1, "s": 1000, "min": 60_000, "m": 60_000, "h": 3_600_000}
 
+#: A value parser: ``(label, raw) -> value``. ``label`` is how the user gave the option
+#: (``-x batch-size``, ``--batch-size`` or ``VAULT_ADDR``); every message starts with it.
+Parser = Callable[[str, str], object]
 
-def _parse_bool(name: str, raw: str) -> bool:
+
+def _parse_bool(label: str, raw: str) -> bool:
     low = raw.strip().lower()
     if low in _TRUE:
         return True
     if low in _FALSE:
         return False
-    raise ConfigurationError(f"-x {name}={raw!r} is not a boolean; use true or false")
+    raise ConfigurationError(f"{label}={raw!r} is not a boolean; use true or false")
 
 
-def _parse_int(name: str, raw: str, lo: int, hi: int) -> int:
-    if not _INTEGER.match(raw):
-        raise ConfigurationError(f"-x {name}={raw!r} is not a whole number")
-    value = int(raw.strip())
-    if not lo <= value <= hi:
-        raise ConfigurationError(f"-x {name}={value} is out of range ({lo} to {hi})")
-    return value
+def _int(lo: int, hi: int) -> Parser:
+    def parse(label: str, raw: str) -> int:
+        if not _INTEGER.match(raw):
+            raise ConfigurationError(f"{label}={raw!r} is not a whole number")
+        value = int(raw.strip())
+        if not lo <= value <= hi:
+            raise ConfigurationError(f"{label}={value} is out of range ({lo} to {hi})")
+        return value
+
+    return parse
 
 
-def _parse_duration_ms(name: str, raw: str) -> int:
+def _parse_duration_ms(label: str, raw: str) -> int:
     m = _DURATION.match(raw)
     if not m or (m.group(2) is None and int(m.group(1)) != 0):
         raise ConfigurationError(
-            f"-x {name}={raw!r} is not a duration with a unit; use e.g. 500ms, 5s, 2min, "
+            f"{label}={raw!r} is not a duration with a unit; use e.g. 500ms, 5s, 2min, "
             "or 0 to disable"
         )
     return int(m.group(1)) * _DURATION_FACTOR[m.group(2)]
 
 
-def _parse_choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
-    value = raw.strip().lower()
-    if value not in choices:
-        raise ConfigurationError(f"-x {name}={raw!r} must be one of: {', '.join(choices)}")
-    return value
+def _choice(*choices: str) -> Parser:
+    def parse(label: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ConfigurationError(f"{label}={raw!r} must be one of: {', '.join(choices)}")
+        return value
+
+    return parse
 
 
-def _parse_tables(raw: str) -> tuple[str, ...] | None:
+def _parse_tables(label: str, raw: str) -> tuple[str, ...] | None:
     names = [t.strip() for t in raw.split(",") if t.strip()]
     if not names:
-        raise ConfigurationError("-x tables= is empty; name tables or use tables=all")
+        raise ConfigurationError(f"{label}= is empty; name tables or use {label}=all")
     if names == ["all"]:
         return None
     unknown = [n for n in names if n not in TABLE_NAMES]
     if unknown:
         raise ConfigurationError(
-            f"-x tables names unknown table(s) {', '.join(unknown)}; "
+            f"{label} names unknown table(s) {', '.join(unknown)}; "
             f"known tables: {', '.join(TABLE_NAMES)}"
         )
     return tuple(t for t in TABLE_NAMES if t in names)  # chain order, no duplicates
@@ -172,13 +195,13 @@ def safe_url(url: sa.URL) -> str:
     return url.set(query=masked).render_as_string(hide_password=True)
 
 
-def parse_database_url(raw: str) -> sa.URL:
+def parse_database_url(raw: str, label: str = "DATABASE_URL or -x db") -> sa.URL:
     """Parse a database URL; ``postgresql://`` and ``postgres://`` map to psycopg 3."""
     try:
         url = sa.make_url(raw.strip())
     except Exception:
         raise ConfigurationError(
-            "the database URL does not parse (DATABASE_URL or -x db); "
+            f"the database URL does not parse ({label}); "
             "expected e.g. postgresql://user@host:5432/dbname"
         ) from None
     if url.drivername in ("postgresql", "postgres"):
@@ -186,104 +209,368 @@ def parse_database_url(raw: str) -> sa.URL:
     return url
 
 
-#: -x name -> environment variable (None: -x only)
-X_NAMES: Final[dict[str, str | None]] = {
-    "db": "DATABASE_URL",
-    "vault-addr": "VAULT_ADDR",
-    "vault-token": "VAULT_TOKEN",
-    "vault-namespace": "VAULT_NAMESPACE",
-    "vault-cacert": "VAULT_CACERT",
-    "transit-mount": "VAULT_TRANSIT_MOUNT",
-    "vault-key": "VAULT_OLD_KEY",
-    "new-vault-key": "VAULT_NEW_KEY",
-    "hmac-secret": "ENCRYPTION_HMAC_SECRET",
-    "tables": None,
-    "batch-size": None,
-    "vault-batch-items": None,
-    "dry-run": None,
-    "plaintext": None,
-    "on-error": None,
-    "report": None,
-    "workers": None,
-    "lock-timeout": None,
-    "statement-timeout": None,
-}
+def _parse_db(label: str, raw: str) -> sa.URL:
+    return parse_database_url(raw, label)
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?)[^/@]*@")
+
+
+def _parse_vault_addr(label: str, raw: str) -> str:
+    addr = raw.strip()
+    shown = _USERINFO.sub(r"\1***@", addr)  # never echo a password put into the address
+    scheme = _SCHEME.match(addr)
+    if scheme is None:
+        raise ConfigurationError(
+            f"{label}={shown!r}: the address needs http:// or https://, "
+            f"e.g. https://{shown} (or http://{shown} for a local dev server)"
+        )
+    if scheme.group(1).lower() not in ("http", "https"):
+        raise ConfigurationError(
+            f"{label}={shown!r}: the address needs http:// or https://, not {scheme.group(1)}://"
+        )
+    if not addr[scheme.end() :].split("/", 1)[0]:
+        raise ConfigurationError(f"{label}={shown!r}: the address has no host")
+    return addr.rstrip("/")
+
+
+def _parse_text(_label: str, raw: str) -> str:
+    return raw.strip()
+
+
+def _parse_secret(_label: str, raw: str) -> Secret:
+    return Secret(raw.strip())
+
+
+def _parse_hmac_secret(_label: str, raw: str) -> Secret:
+    return Secret(raw)  # used byte for byte: surrounding spaces are part of the secret
+
+
+def _parse_existing_path(label: str, raw: str) -> str:
+    path = raw.strip()
+    if not os.path.exists(path):
+        raise ConfigurationError(f"{label}={path!r}: no such file or directory")
+    return path
+
+
+def _parse_mount(label: str, raw: str) -> str:
+    mount = raw.strip().strip("/")
+    if not mount:
+        raise ConfigurationError(f"{label} is empty")
+    return mount
+
 
 _KEY_NAME = re.compile(r"^\w(?:[\w.-]*\w)?$", re.ASCII)
 
 
-def _key_name(name: str, raw: str) -> str:
+def _parse_key_name(label: str, raw: str) -> str:
     value = raw.strip()
     if not _KEY_NAME.match(value):
-        raise ConfigurationError(f"-x {name}={raw!r} is not a valid Transit key name")
+        raise ConfigurationError(f"{label}={raw!r} is not a valid Transit key name")
     return value
 
 
-def load_settings(x_args: Mapping[str, str], environ: Mapping[str, str]) -> Settings:
-    """Build :class:`Settings` from ``-x`` arguments over environment variables.
+#: Prefix of the temporary file a report is written to before it is renamed into place.
+REPORT_TEMP_PREFIX: Final = ".report-"
 
-    Raises :class:`ConfigurationError` for an unknown ``-x`` name or a value that does not parse.
+
+def _parse_report_path(label: str, raw: str) -> str:
+    """A file path the report can be written to, checked before any work.
+
+    The path must not be a directory, its directory must exist (the report never creates one)
+    and a file must be creatable there: the report is written to a temporary file in that
+    directory and renamed into place, so the check creates and removes such a file.
     """
-    unknown = sorted(set(x_args) - set(X_NAMES))
+    path = raw.strip()
+    if not path:
+        raise ConfigurationError(f"{label}= needs a file path")
+    example = f"e.g. {label}={os.path.join(path, 'context-encryption-report.json')}"
+    if os.path.isdir(path):
+        raise ConfigurationError(
+            f"{label}={path!r} is a directory; the report needs a file path, {example}"
+        )
+    if path.endswith(("/", os.sep)):
+        raise ConfigurationError(
+            f"{label}={path!r} ends with a slash; the report needs a file path"
+        )
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise ConfigurationError(f"{label}={path!r} exists and is not a regular file")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ConfigurationError(
+            f"{label}={path!r}: the directory {directory!r} does not exist; create it first "
+            "(the report never creates directories)"
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=REPORT_TEMP_PREFIX, suffix=".json", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"{label}={path!r}: cannot create a file in {directory!r} "
+            f"({exc.strerror or type(exc).__name__}); choose a writable directory"
+        ) from None
+    return path
+
+
+def _always(_value: object) -> bool:
+    return True
+
+
+def _has_password(value: object) -> bool:
+    return isinstance(value, sa.URL) and value.password is not None
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its ``-x`` name (also the ``--name`` flag), where else it comes from, and
+    how its value is parsed into the :class:`Settings` field."""
+
+    name: str
+    field: str
+    parse: Parser
+    help: str
+    #: Environment variables, in order of precedence (the first one set wins).
+    env: tuple[str, ...] = ()
+    #: The default, as shown in ``--help``.
+    default: str = "none"
+    #: Given on the command line, does this value expose a secret (process list, history)?
+    exposes_secret: Callable[[object], bool] | None = None
+    #: Where the secret belongs instead (the warning names it).
+    instead: str = ""
+
+
+#: Every setting, in DESIGN.md's order. ``-x`` names, environment variables and defaults are
+#: the contract; OpenBao's ``BAO_*`` names are read when the ``VAULT_*`` one is not set.
+OPTIONS: Final[tuple[Option, ...]] = (
+    Option(
+        "db",
+        "database_url",
+        _parse_db,
+        "database URL",
+        ("DATABASE_URL",),
+        exposes_secret=_has_password,
+        instead="put the URL in DATABASE_URL, or the password in ~/.pgpass or PGPASSWORD",
+    ),
+    Option(
+        "vault-addr",
+        "vault_addr",
+        _parse_vault_addr,
+        "Vault address, http(s)://host:port",
+        ("VAULT_ADDR", "BAO_ADDR"),
+    ),
+    Option(
+        "vault-token",
+        "vault_token",
+        _parse_secret,
+        "Vault token; prefer the environment",
+        ("VAULT_TOKEN", "BAO_TOKEN"),
+        exposes_secret=_always,
+        instead="set VAULT_TOKEN in the environment instead",
+    ),
+    Option(
+        "vault-namespace",
+        "vault_namespace",
+        _parse_text,
+        "Vault Enterprise namespace",
+        ("VAULT_NAMESPACE", "BAO_NAMESPACE"),
+    ),
+    Option(
+        "vault-cacert",
+        "vault_cacert",
+        _parse_existing_path,
+        "CA bundle (file or directory) for Vault's TLS certificate",
+        ("VAULT_CACERT", "BAO_CACERT"),
+        "the system's CAs",
+    ),
+    Option(
+        "transit-mount",
+        "transit_mount",
+        _parse_mount,
+        "Transit mount path",
+        ("VAULT_TRANSIT_MOUNT",),
+        "transit",
+    ),
+    Option(
+        "vault-key",
+        "old_key",
+        _parse_key_name,
+        "old key, no context",
+        ("VAULT_OLD_KEY",),
+        "pos-encryption-key",
+    ),
+    Option(
+        "new-vault-key",
+        "new_key",
+        _parse_key_name,
+        "new key, derived + convergent",
+        ("VAULT_NEW_KEY",),
+        "pos-context-key",
+    ),
+    Option(
+        "hmac-secret",
+        "hmac_secret",
+        _parse_hmac_secret,
+        "secret of the HMAC companions; prefer the environment",
+        ("ENCRYPTION_HMAC_SECRET",),
+        exposes_secret=_always,
+        instead="set ENCRYPTION_HMAC_SECRET in the environment instead",
+    ),
+    Option("tables", "tables", _parse_tables, "comma-separated tables to work on", default="all"),
+    Option(
+        "batch-size",
+        "batch_size",
+        _int(1, MAX_BATCH_SIZE),
+        "rows per batch (one database transaction)",
+        default=str(DEFAULT_BATCH_SIZE),
+    ),
+    Option(
+        "vault-batch-items",
+        "vault_batch_items",
+        _int(1, MAX_VAULT_BATCH_ITEMS),
+        "most items in one Vault request",
+        default=str(DEFAULT_VAULT_BATCH_ITEMS),
+    ),
+    Option("dry-run", "dry_run", _parse_bool, "preview only, write nothing", default="false"),
+    Option(
+        "plaintext",
+        "plaintext",
+        _choice("fail", "encrypt", "skip"),
+        "values without a vault: prefix: fail, encrypt or skip",
+        default="fail",
+    ),
+    Option(
+        "on-error",
+        "on_error",
+        _choice("abort", "skip"),
+        "a row that cannot be migrated: abort or skip",
+        default="abort",
+    ),
+    Option("report", "report", _parse_report_path, "path of a JSON report of the run"),
+    Option(
+        "workers",
+        "workers",
+        _int(1, MAX_WORKERS),
+        "batches in flight at once",
+        default=str(DEFAULT_WORKERS),
+    ),
+    Option(
+        "lock-timeout",
+        "lock_timeout_ms",
+        _parse_duration_ms,
+        "PostgreSQL lock_timeout of each batch",
+        default="5s",
+    ),
+    Option(
+        "statement-timeout",
+        "statement_timeout_ms",
+        _parse_duration_ms,
+        "PostgreSQL statement_timeout of each batch",
+        default="120s",
+    ),
+)
+
+OPTION_BY_NAME: Final[dict[str, Option]] = {o.name: o for o in OPTIONS}
+
+#: -x name -> its (first) environment variable (None: -x only)
+X_NAMES: Final[dict[str, str | None]] = {o.name: (o.env[0] if o.env else None) for o in OPTIONS}
+
+
+def option_help(name: str) -> str:
+    """One line for ``--help``: what the setting is, its environment variable and default."""
+    o = OPTION_BY_NAME[name]
+    env = f"env {' or '.join(o.env)}; " if o.env else ""
+    return f"{o.help} ({env}default: {o.default})".replace("%", "%%")
+
+
+@dataclass(frozen=True)
+class Spelling:
+    """How the user spells options: messages name them the way they were typed."""
+
+    prefix: str
+    #: What an unknown name is called in the message ("-x option", "option").
+    kind: str
+
+    def __call__(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+
+#: ``alembic -x name=value``
+X_SPELLING: Final = Spelling("-x ", "-x option")
+#: ``context-encryption --name value``
+FLAG_SPELLING: Final = Spelling("--", "option")
+
+
+def load_settings(
+    x_args: Mapping[str, str],
+    environ: Mapping[str, str],
+    *,
+    spelling: Spelling = X_SPELLING,
+) -> Settings:
+    """Build :class:`Settings` from ``-x`` arguments (or command-line flags) over the environment.
+
+    ``x_args`` maps option names (``batch-size``) to raw values; ``spelling`` says how the user
+    typed them, so that a message names ``-x batch-size`` for ``alembic`` and ``--batch-size``
+    for ``context-encryption``. A value taken from the environment is named by its variable.
+
+    Environment: each option reads the variables listed in :data:`OPTIONS`, the first one set
+    (non-empty) winning. OpenBao's names ``BAO_ADDR``, ``BAO_TOKEN``, ``BAO_NAMESPACE`` and
+    ``BAO_CACERT`` are read when the corresponding ``VAULT_ADDR``, ``VAULT_TOKEN``,
+    ``VAULT_NAMESPACE``, ``VAULT_CACERT`` is not set; when both are set, the ``VAULT_`` one wins.
+
+    A secret given on the command line (``vault-token``, ``hmac-secret``, a database URL with a
+    password) is accepted with a warning: command lines show in the process list and the shell
+    history. The warning never contains the value.
+
+    Raises :class:`ConfigurationError` for an unknown name or a value that does not parse.
+    """
+    unknown = sorted(set(x_args) - set(OPTION_BY_NAME))
     if unknown:
         raise ConfigurationError(
-            f"unknown -x option(s): {', '.join(unknown)}; known: {', '.join(X_NAMES)}"
+            f"unknown {spelling.kind}(s): {', '.join(unknown)}; "
+            f"known: {', '.join(spelling(o.name) for o in OPTIONS)}"
         )
 
-    def raw(name: str) -> str | None:
-        if name in x_args:
-            return x_args[name]
-        env = X_NAMES[name]
-        if env is not None:
-            value = environ.get(env)
-            if value is not None and value != "":
-                return value
-        return None
-
     kw: dict[str, object] = {}
-    if (v := raw("db")) is not None:
-        kw["database_url"] = parse_database_url(v)
-    if (v := raw("vault-addr")) is not None:
-        kw["vault_addr"] = v.strip().rstrip("/")
-    if (v := raw("vault-token")) is not None:
-        kw["vault_token"] = Secret(v.strip())
-    if (v := raw("vault-namespace")) is not None:
-        kw["vault_namespace"] = v.strip()
-    if (v := raw("vault-cacert")) is not None:
-        kw["vault_cacert"] = v.strip()
-    if (v := raw("transit-mount")) is not None:
-        mount = v.strip().strip("/")
-        if not mount:
-            raise ConfigurationError("-x transit-mount is empty")
-        kw["transit_mount"] = mount
-    if (v := raw("vault-key")) is not None:
-        kw["old_key"] = _key_name("vault-key", v)
-    if (v := raw("new-vault-key")) is not None:
-        kw["new_key"] = _key_name("new-vault-key", v)
-    if (v := raw("hmac-secret")) is not None:
-        kw["hmac_secret"] = Secret(v)
-    if (v := raw("tables")) is not None:
-        kw["tables"] = _parse_tables(v)
-    if (v := raw("batch-size")) is not None:
-        kw["batch_size"] = _parse_int("batch-size", v, 1, MAX_BATCH_SIZE)
-    if (v := raw("vault-batch-items")) is not None:
-        kw["vault_batch_items"] = _parse_int("vault-batch-items", v, 1, MAX_VAULT_BATCH_ITEMS)
-    if (v := raw("dry-run")) is not None:
-        kw["dry_run"] = _parse_bool("dry-run", v)
-    if (v := raw("plaintext")) is not None:
-        kw["plaintext"] = _parse_choice("plaintext", v, ("fail", "encrypt", "skip"))
-    if (v := raw("on-error")) is not None:
-        kw["on_error"] = _parse_choice("on-error", v, ("abort", "skip"))
-    if (v := raw("report")) is not None:
-        if not v.strip():
-            raise ConfigurationError("-x report= needs a file path")
-        kw["report"] = v.strip()
-    if (v := raw("workers")) is not None:
-        kw["workers"] = _parse_int("workers", v, 1, MAX_WORKERS)
-    if (v := raw("lock-timeout")) is not None:
-        kw["lock_timeout_ms"] = _parse_duration_ms("lock-timeout", v)
-    if (v := raw("statement-timeout")) is not None:
-        kw["statement_timeout_ms"] = _parse_duration_ms("statement-timeout", v)
+    labels: dict[str, str] = {}
+    for option in OPTIONS:
+        source = _source(option, x_args, environ, spelling)
+        if source is None:
+            continue
+        label, raw = source
+        value = option.parse(label, raw)
+        kw[option.field] = value
+        labels[option.name] = label
+        if (
+            option.name in x_args
+            and option.exposes_secret is not None
+            and option.exposes_secret(value)
+        ):
+            log.warning(
+                "%s was given on the command line, where other users see it in the process "
+                "list and it stays in the shell history; %s",
+                spelling(option.name),
+                option.instead,
+            )
     if kw.get("old_key", "pos-encryption-key") == kw.get("new_key", "pos-context-key"):
-        raise ConfigurationError("vault-key and new-vault-key name the same key; they must differ")
+        old = labels.get("vault-key", spelling("vault-key"))
+        new = labels.get("new-vault-key", spelling("new-vault-key"))
+        raise ConfigurationError(
+            f"{old} and {new} name the same key; they must differ (the old key has no "
+            "context, the new one is derived + convergent)"
+        )
     return Settings(**kw)  # type: ignore[arg-type]
+
+
+def _source(
+    option: Option, x_args: Mapping[str, str], environ: Mapping[str, str], spelling: Spelling
+) -> tuple[str, str] | None:
+    """(label, raw value) of an option: the command line first, then its variables in order."""
+    if option.name in x_args:
+        return spelling(option.name), x_args[option.name]
+    for env in option.env:
+        value = environ.get(env)
+        if value is not None and value != "":
+            return env, value
+    return None
