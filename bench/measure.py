@@ -1,7 +1,10 @@
 """The four measurements of issue 6, each on rows restored from the pristine copy.
 
+Every measured client reaches OpenBao through the fault proxy (:mod:`bench.proxy`), which adds
+the latency of the measurement and counts requests and items; ``direct=True`` on (a) skips it.
+
 (a) :func:`engine_run`    ``alembic upgrade 0001_users`` as a subprocess (the CLI operators
-                          run), timed, with its peak RSS from ``os.wait4``.
+                          run), timed, with its peak RSS (``VmHWM``).
 (b) :func:`baseline_run`  the original tool's shape: per value one decrypt and one encrypt
                           request (hvac, no batch), one UPDATE (and commit) per row.
 (c) :func:`db_only_run`   the engine's keyset SELECT and compare-and-swap UPDATE (``_Db``) with
@@ -36,9 +39,9 @@ from app_models.reencrypt import (
     _Row,
     ensure_checkpoint_table,
 )
-from app_models.settings import Secret, Settings
+from app_models.settings import DEFAULT_VAULT_BATCH_ITEMS, Secret, Settings
 from app_models.tables import context_string
-from app_models.transit import DecryptRequest, EncryptRequest, TransitClient
+from app_models.transit import DecryptRequest, EncryptRequest, RequestLimits, TransitClient
 from bench.fixture import (
     COLUMNS,
     MOUNT,
@@ -60,20 +63,24 @@ REVISION: Final = "0001_users"
 class Point:
     """One measured figure. ``rows_per_s`` is what the ratios use."""
 
-    kind: str  # engine | baseline | db_only | vault_only | vault_only_parallel
+    kind: str  # engine | engine_direct | baseline | db_only | vault_only | vault_only_parallel
     latency_ms: float
     rows: int
     seconds: float
     batch_size: int | None = None
     workers: int | None = None
+    #: most items per Vault request (``-x vault-batch-items``)
+    vault_batch_items: int | None = None
     wall_seconds: float | None = None  # engine: the whole process, interpreter start included
     vault_requests: int | None = None
     vault_items: int | None = None
     peak_rss_mb: float | None = None
     #: CPU seconds of the measured client (the alembic process; the bench process for b, c, d)
     client_cpu_s: float | None = None
-    #: CPU seconds vaultdev spent meanwhile
-    vaultdev_cpu_s: float | None = None
+    #: CPU seconds the OpenBao server (the bao process) spent meanwhile
+    vault_cpu_s: float | None = None
+    #: CPU seconds the fault proxy's process spent meanwhile
+    proxy_cpu_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -107,13 +114,14 @@ class Bench:
     workdir: Path
     verbose: bool = False
 
-    def env(self) -> dict[str, str]:
+    def env(self, *, direct: bool = False) -> dict[str, str]:
         """Environment of the alembic subprocess (secrets travel here, never on argv)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
         return {
-            **os.environ,
+            **env,
             "DATABASE_URL": self.db.url.render_as_string(hide_password=False),
-            "VAULT_ADDR": self.vault.addr,
-            "VAULT_TOKEN": self.vault.proc.token,
+            "VAULT_ADDR": self.vault.direct_addr if direct else self.vault.addr,
+            "VAULT_TOKEN": self.vault.token,
             "VAULT_TRANSIT_MOUNT": MOUNT,
             "VAULT_OLD_KEY": OLD_KEY,
             "VAULT_NEW_KEY": NEW_KEY,
@@ -123,14 +131,20 @@ class Bench:
             ),
         }
 
-    def settings(self) -> Settings:
+    def settings(
+        self, *, workers: int = 1, vault_batch_items: int = DEFAULT_VAULT_BATCH_ITEMS
+    ) -> Settings:
+        """Settings of an in-process client through the proxy; ``workers`` is also how many
+        requests of one batch a ``TransitClient`` sends at once, as in the engine."""
         return Settings(
             vault_addr=self.vault.addr,
-            vault_token=Secret(self.vault.proc.token),
+            vault_token=Secret(self.vault.token),
             transit_mount=MOUNT,
             old_key=OLD_KEY,
             new_key=NEW_KEY,
             hmac_secret=Secret(self.hmac_secret),
+            workers=workers,
+            vault_batch_items=vault_batch_items,
         )
 
 
@@ -152,13 +166,19 @@ def engine_run(
     batch_size: int,
     workers: int,
     latency_ms: float,
+    vault_batch_items: int = DEFAULT_VAULT_BATCH_ITEMS,
+    direct: bool = False,
     wrap: list[str] | None = None,
 ) -> Point:
-    """(a): ``alembic -x batch-size=B -x workers=W upgrade 0001_users`` on ``rows`` fresh rows.
+    """(a): ``alembic -x batch-size=B -x workers=W -x vault-batch-items=V upgrade 0001_users``.
 
-    ``seconds`` is the engine's own time for the table (the report's ``seconds``);
-    ``wall_seconds`` the whole process. ``wrap`` prefixes the command (a profiler).
+    On ``rows`` fresh rows. ``seconds`` is the engine's own time for the table (the report's
+    ``seconds``); ``wall_seconds`` the whole process. ``direct``: straight to OpenBao, not
+    through the proxy (no latency, no request counts from the proxy). ``wrap`` prefixes the
+    command (a profiler).
     """
+    if direct and latency_ms:
+        raise ValueError("a direct run has no injected latency")
     b.db.restore(rows)
     b.vault.latency(latency_ms)
     b.vault.reset_stats()
@@ -174,21 +194,25 @@ def engine_run(
         "-x",
         f"workers={workers}",
         "-x",
+        f"vault-batch-items={vault_batch_items}",
+        "-x",
         f"report={report}",
         "upgrade",
         REVISION,
     ]
-    vault_cpu = proc_cpu_seconds(b.vault.proc.proc.pid)
+    others = _OtherCpu(b)
     load_before = os.getloadavg()[0]
     with open(log_path, "wb") as log:
         started = time.monotonic()
-        proc = subprocess.Popen(argv, cwd=ROOT, env=b.env(), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, env=b.env(direct=direct), stdout=log, stderr=subprocess.STDOUT
+        )
         watcher = PeakRss(proc.pid)
         _pid, status, usage = os.wait4(proc.pid, 0)
         wall = time.monotonic() - started
         peak_kib = watcher.stop()
         proc.returncode = os.waitstatus_to_exitcode(status)
-    vault_cpu = proc_cpu_seconds(b.vault.proc.proc.pid) - vault_cpu
+    vault_cpu, proxy_cpu = others.stop()
     load_after = os.getloadavg()[0]
     stats = b.vault.stats()
     b.vault.latency(0)
@@ -206,19 +230,22 @@ def engine_run(
             f"migrated, {failed} failed (expected {rows} rows, {rows * len(COLUMNS)} values)"
         )
     return Point(
-        kind="engine",
+        kind="engine_direct" if direct else "engine",
         latency_ms=latency_ms,
         rows=rows,
         seconds=float(table["seconds"]),
         batch_size=batch_size,
         workers=workers,
+        vault_batch_items=vault_batch_items,
         wall_seconds=wall,
-        vault_requests=int(stats["total_requests"]),
-        vault_items=_items(stats),
+        # direct: the engine's own count (it leaves out preflight's few requests)
+        vault_requests=int(table["vault_requests"] if direct else stats["total_requests"]),
+        vault_items=None if direct else _items(stats),
         # With a wrapper (profiler) this would be the wrapper's peak, not alembic's.
         peak_rss_mb=round(peak_kib / 1024, 1) if peak_kib and not wrap else None,
         client_cpu_s=round(usage.ru_utime + usage.ru_stime, 3),
-        vaultdev_cpu_s=round(vault_cpu, 3),
+        vault_cpu_s=vault_cpu,
+        proxy_cpu_s=None if direct else proxy_cpu,
         extra={
             "engine_vault_requests": table["vault_requests"],
             "batches": table["batches"],
@@ -282,25 +309,41 @@ class PeakRss:
         return self.peak_kib
 
 
-class _Cpu:
-    """Wall time, this process's CPU time and vaultdev's CPU time from now to :meth:`stop`."""
+class _OtherCpu:
+    """CPU seconds of the bao process and of the proxy's process from now to :meth:`stop`."""
 
     def __init__(self, b: Bench) -> None:
-        self._pid = b.vault.proc.proc.pid
-        self._vault = proc_cpu_seconds(self._pid)
+        self._pids = (b.vault.pid, b.vault.proxy.pid)
+        self._start = [proc_cpu_seconds(p) for p in self._pids]
+
+    def stop(self) -> tuple[float, float]:
+        vault, proxy = (
+            round(proc_cpu_seconds(p) - s, 3) for p, s in zip(self._pids, self._start, strict=True)
+        )
+        return vault, proxy
+
+
+class _Cpu:
+    """Wall time, this process's CPU time, OpenBao's and the proxy's from now to :meth:`stop`."""
+
+    def __init__(self, b: Bench) -> None:
+        self._others = _OtherCpu(b)
         self._own = time.process_time()
         self._wall = time.monotonic()
 
-    def stop(self) -> tuple[float, float, float]:
+    def stop(self) -> tuple[float, float, float, float]:
         wall = time.monotonic() - self._wall
         own = time.process_time() - self._own
-        vault = proc_cpu_seconds(self._pid) - self._vault
-        return wall, round(own, 3), round(vault, 3)
+        vault, proxy = self._others.stop()
+        return wall, round(own, 3), vault, proxy
 
 
 def _items(stats: dict[str, Any]) -> int:
+    """Transit items the proxy saw (``batch_input`` items; 1 for a single-value request)."""
     items = stats.get("items", {})
-    return sum(int(v) for v in items.values()) if isinstance(items, dict) else 0
+    if not isinstance(items, dict):
+        return 0
+    return sum(int(v) for k, v in items.items() if k != "other")
 
 
 def baseline_run(b: Bench, *, rows: int, latency_ms: float) -> Point:
@@ -310,7 +353,7 @@ def baseline_run(b: Bench, *, rows: int, latency_ms: float) -> Point:
     UPDATE committed on its own.
     """
     b.db.restore(rows)
-    client = hvac.Client(url=b.vault.addr, token=b.vault.proc.token, timeout=60)
+    client = hvac.Client(url=b.vault.addr, token=b.vault.token, timeout=60)
     contexts = {c: b64(context_string(TABLE, c)) for c in COLUMNS}
     update = sa.text(
         "UPDATE users SET email = :email, first_name = :first_name, last_name = :last_name "
@@ -348,7 +391,7 @@ def baseline_run(b: Bench, *, rows: int, latency_ms: float) -> Point:
             with conn.begin():
                 conn.execute(update, new)
             db_s += time.monotonic() - t1
-    seconds, client_cpu, vault_cpu = cpu.stop()
+    seconds, client_cpu, vault_cpu, proxy_cpu = cpu.stop()
     stats = b.vault.stats()
     b.vault.latency(0)
     client.adapter.close()
@@ -360,7 +403,8 @@ def baseline_run(b: Bench, *, rows: int, latency_ms: float) -> Point:
         vault_requests=int(stats["total_requests"]),
         vault_items=_items(stats),
         client_cpu_s=client_cpu,
-        vaultdev_cpu_s=vault_cpu,
+        vault_cpu_s=vault_cpu,
+        proxy_cpu_s=proxy_cpu,
         extra={"vault_seconds": round(vault_s, 3), "update_commit_seconds": round(db_s, 3)},
     )
 
@@ -406,7 +450,7 @@ def db_only_run(b: Bench, *, rows: int, batch_size: int) -> Point:
             checkpointer.committed(seq)
             written_total += len(written)
             seq += 1
-    seconds, client_cpu, _ = cpu.stop()
+    seconds, client_cpu, _, _ = cpu.stop()
     if written_total != rows:
         raise RuntimeError(f"db-only run wrote {written_total} of {rows} rows")
     return Point(
@@ -446,19 +490,29 @@ def _vault_batch(
 
 
 def vault_only_run(
-    b: Bench, *, rows: int, batch_size: int, latency_ms: float, workers: int = 1
+    b: Bench,
+    *,
+    rows: int,
+    batch_size: int,
+    latency_ms: float,
+    workers: int = 1,
+    parallel: int = 1,
+    vault_batch_items: int = DEFAULT_VAULT_BATCH_ITEMS,
 ) -> Point:
     """(d): the engine's Vault requests for ``rows`` rows with no database.
 
     Per batch of ``batch_size`` rows: one ``decrypt_batch`` (old key, every value of the batch)
     then one ``encrypt_batch`` (new key, each value with its column's context, version pinned),
-    through :class:`TransitClient` as the engine uses it. ``workers=1``: back to back on one
-    client (the serial Vault cost); more: that many clients in flight.
+    through :class:`TransitClient` as the engine uses it: each call split into requests of at
+    most ``vault_batch_items`` items, ``parallel`` of them in flight at once (the engine's
+    ``-x workers``; the clients share one ``RequestLimits``). ``workers=1``: batches back to
+    back on one client (the serial Vault cost); more: that many clients, a batch each.
     """
     batches = _vault_batches(b, rows, batch_size)
     contexts = [context_string(TABLE, c) for c in COLUMNS]
-    settings = b.settings()
-    clients = [TransitClient.from_settings(settings) for _ in range(workers)]
+    settings = b.settings(workers=parallel, vault_batch_items=vault_batch_items)
+    limits = RequestLimits(vault_batch_items)
+    clients = [TransitClient.from_settings(settings, limits=limits) for _ in range(workers)]
     info = clients[0].read_key(NEW_KEY)
     assert info is not None
     version = info.latest_version
@@ -483,11 +537,16 @@ def vault_only_run(
 
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(work, batches))
-    seconds, client_cpu, vault_cpu = cpu.stop()
+    seconds, client_cpu, vault_cpu, proxy_cpu = cpu.stop()
     stats = b.vault.stats()
     b.vault.latency(0)
     for c in clients:
         c.close()
+    if limits.max_items != vault_batch_items:
+        raise RuntimeError(
+            f"vault-only run: OpenBao refused requests of {vault_batch_items} items; "
+            f"they were halved to {limits.max_items}"
+        )
     return Point(
         kind="vault_only" if workers == 1 else "vault_only_parallel",
         latency_ms=latency_ms,
@@ -495,10 +554,13 @@ def vault_only_run(
         seconds=seconds,
         batch_size=batch_size,
         workers=workers,
+        vault_batch_items=vault_batch_items,
         vault_requests=int(stats["total_requests"]),
         vault_items=_items(stats),
         client_cpu_s=client_cpu,
-        vaultdev_cpu_s=vault_cpu,
+        vault_cpu_s=vault_cpu,
+        proxy_cpu_s=proxy_cpu,
+        extra={"requests_in_flight_per_client": parallel},
     )
 
 
@@ -514,20 +576,28 @@ def py_spy() -> str | None:
 
 
 def profile_run(
-    b: Bench, *, rows: int, batch_size: int, workers: int, latency_ms: float, out: Path
+    b: Bench,
+    *,
+    rows: int,
+    batch_size: int,
+    workers: int,
+    latency_ms: float,
+    out: Path,
+    vault_batch_items: int = DEFAULT_VAULT_BATCH_ITEMS,
 ) -> dict[str, str]:
-    """One engine run under py-spy (engine process and vaultdev); collapsed stacks in ``out``.
+    """One engine run under py-spy (the engine and the proxy's process); stacks in ``out``.
 
     Only samples where a thread holds the GIL are kept (``--gil``): both processes are bound by
-    one interpreter each, so that is where their time goes.
+    one interpreter each, so that is where their time goes. OpenBao is a Go program, which
+    py-spy cannot sample; its CPU seconds are in every point.
     """
     spy = py_spy()
     if spy is None:
         raise RuntimeError("py-spy not found (set PY_SPY=/path/to/py-spy)")
     out.mkdir(parents=True, exist_ok=True)
     engine_out = out / "engine.txt"
-    vault_out = out / "vaultdev.txt"
-    vd = subprocess.Popen(
+    proxy_out = out / "proxy.txt"
+    spied = subprocess.Popen(
         [
             spy,
             "record",
@@ -538,9 +608,9 @@ def profile_run(
             "-r",
             "200",
             "-o",
-            str(vault_out),
+            str(proxy_out),
             "--pid",
-            str(b.vault.proc.proc.pid),
+            str(b.vault.proxy.pid),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -553,6 +623,7 @@ def profile_run(
             batch_size=batch_size,
             workers=workers,
             latency_ms=latency_ms,
+            vault_batch_items=vault_batch_items,
             wrap=[
                 spy,
                 "record",
@@ -569,12 +640,12 @@ def profile_run(
             ],
         )
     finally:
-        vd.send_signal(2)  # SIGINT: py-spy writes its file and exits
+        spied.send_signal(2)  # SIGINT: py-spy writes its file and exits
         try:
-            vd.wait(timeout=30)
+            spied.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            vd.kill()
-    return {"engine": str(engine_out), "vaultdev": str(vault_out)}
+            spied.kill()
+    return {"engine": str(engine_out), "proxy": str(proxy_out)}
 
 
 def summarize_profile(path: Path, top: int = 25) -> list[tuple[str, float, float]]:

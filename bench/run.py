@@ -1,13 +1,14 @@
-"""Benchmark of the re-encryption engine, side by side with what bounds it (issue 6).
+"""Benchmark of the re-encryption engine, side by side with what bounds it (issues 6 and 9).
 
 Run from the repository root::
 
-    .venv/bin/python -m bench.run              # default: 100,000 rows, sweep, ~10 min on 2 cores
+    .venv/bin/python -m bench.run              # default: 100,000 rows and the sweep
     .venv/bin/python -m bench.run --quick      # smoke run: 2,000 rows, one point, < 30 s
     .venv/bin/python -m bench.run --memory     # peak RSS at 10,000 vs 1,000,000 rows
 
-It starts its own vaultdev, creates a throwaway PostgreSQL database ``bench_<hex>`` (dropped at
-the end), seeds old-scheme rows shaped like ``users``, measures, prints a table and writes
+It starts its own OpenBao dev server (in memory) with the test suite's fault proxy in front of
+it, creates a throwaway PostgreSQL database ``bench_<hex>`` (dropped at the end), seeds
+old-scheme rows shaped like ``users``, measures, prints a table and writes
 ``bench/results.json`` (``--out``). See bench/README.md for what each figure means.
 """
 
@@ -33,8 +34,9 @@ import sqlalchemy as sa
 if __package__ in (None, ""):  # python bench/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app_models.settings import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS
-from bench.fixture import BenchDb, Vault, seed, verify_sample
+from app_models.openbao import start_dev_server
+from app_models.settings import DEFAULT_BATCH_SIZE, DEFAULT_VAULT_BATCH_ITEMS, DEFAULT_WORKERS
+from bench.fixture import BenchDb, Vault, openbao_version, seed, verify_sample
 from bench.measure import (
     ROOT,
     Bench,
@@ -47,12 +49,12 @@ from bench.measure import (
     tempdir,
     vault_only_run,
 )
-from vaultdev.process import start_vaultdev
+from bench.proxy import ProxyProcess
 
 TARGETS: Final = {
     "engine_vs_baseline_at_0ms": 30.0,
     "engine_20ms_vs_0ms": 0.7,
-    "engine_vs_serial_limit_at_0ms": 0.6,
+    "engine_vs_serial_limit_at_0ms": 0.8,
     "memory_difference_mb": 50.0,
 }
 
@@ -74,6 +76,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--latencies", type=_floats, default=[0.0, 20.0], help="ms, e.g. 0,20")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="main points")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="main points")
+    p.add_argument(
+        "--vault-batch-items",
+        type=int,
+        default=DEFAULT_VAULT_BATCH_ITEMS,
+        help="most items per Vault request, main points (-x vault-batch-items)",
+    )
+    p.add_argument(
+        "--no-direct",
+        action="store_true",
+        help="skip the reference run of (a) straight to OpenBao, without the proxy",
+    )
     p.add_argument("--baseline-rows", type=int, default=2_000, help="(b) rows at latency 0")
     p.add_argument(
         "--baseline-rows-latency", type=int, default=200, help="(b) rows at a latency above 0"
@@ -82,6 +95,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sweep-batch-sizes", type=_ints, default=[100, 250, 500, 1000, 2000])
     p.add_argument("--sweep-workers", type=_ints, default=[1, 2, 4, 8])
     p.add_argument("--sweep-latencies", type=_floats, default=[0.0, 20.0])
+    p.add_argument(
+        "--sweep-vault-batch-items",
+        type=_ints,
+        default=[DEFAULT_VAULT_BATCH_ITEMS],
+        help="vault-batch-items of the sweep, e.g. 50,150,190",
+    )
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument(
         "--repeat", type=int, default=2, help="runs of each main (a), (c), (d) point; best kept"
@@ -101,6 +120,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.latencies = [0.0]
         args.baseline_rows = 200
         args.no_sweep = True
+        args.no_direct = True
         args.repeat = 1
     return args
 
@@ -111,6 +131,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 _LABEL = {
     "engine": "(a) engine: alembic upgrade",
+    "engine_direct": "(a) engine, no proxy",
     "baseline": "(b) per-row baseline",
     "db_only": "(c) database alone",
     "vault_only": "(d) Vault alone, serial",
@@ -124,17 +145,19 @@ def _fmt(v: float | None, spec: str) -> str:
 
 def table(points: Sequence[Point], title: str) -> str:
     head = (
-        f"{'measurement':<30} {'lat ms':>6} {'batch':>6} {'W':>3} {'rows':>9} {'s':>8} "
-        f"{'rows/s':>9} {'req/1k':>7} {'RSS MB':>7} {'CPU s':>6} {'vd CPU':>6}"
+        f"{'measurement':<28} {'lat ms':>6} {'batch':>5} {'W':>2} {'V':>4} {'rows':>8} "
+        f"{'s':>7} {'rows/s':>7} {'req/1k':>7} {'RSS MB':>6} {'CPU s':>6} {'bao s':>6} "
+        f"{'prx s':>6}"
     )
     lines = [title, head, "-" * len(head)]
     for pt in points:
         lines.append(
-            f"{_LABEL.get(pt.kind, pt.kind):<30} {pt.latency_ms:>6.0f} "
-            f"{_fmt(pt.batch_size, 'd'):>6} {_fmt(pt.workers, 'd'):>3} {pt.rows:>9d} "
-            f"{pt.seconds:>8.2f} {pt.rows_per_s:>9.0f} {_fmt(pt.requests_per_1k, '.1f'):>7} "
-            f"{_fmt(pt.peak_rss_mb, '.0f'):>7} {_fmt(pt.client_cpu_s, '.1f'):>6} "
-            f"{_fmt(pt.vaultdev_cpu_s, '.1f'):>6}"
+            f"{_LABEL.get(pt.kind, pt.kind):<28} {pt.latency_ms:>6.0f} "
+            f"{_fmt(pt.batch_size, 'd'):>5} {_fmt(pt.workers, 'd'):>2} "
+            f"{_fmt(pt.vault_batch_items, 'd'):>4} {pt.rows:>8d} "
+            f"{pt.seconds:>7.2f} {pt.rows_per_s:>7.0f} {_fmt(pt.requests_per_1k, '.1f'):>7} "
+            f"{_fmt(pt.peak_rss_mb, '.0f'):>6} {_fmt(pt.client_cpu_s, '.1f'):>6} "
+            f"{_fmt(pt.vault_cpu_s, '.1f'):>6} {_fmt(pt.proxy_cpu_s, '.1f'):>6}"
         )
     return "\n".join(lines)
 
@@ -150,6 +173,9 @@ def ratios(main: Sequence[Point], latencies: Sequence[float]) -> dict[str, Any]:
     c = _find(main, "db_only", 0.0)
     if a0 and b0:
         out["engine_vs_baseline_at_0ms"] = a0.rows_per_s / b0.rows_per_s
+    direct = _find(main, "engine_direct", 0.0)
+    if a0 and direct:
+        out["engine_through_proxy_vs_direct_at_0ms"] = a0.rows_per_s / direct.rows_per_s
     for lat in latencies:
         a = _find(main, "engine", lat)
         b = _find(main, "baseline", lat)
@@ -203,7 +229,7 @@ def machine() -> dict[str, Any]:
         check=False,
     ).stdout.strip()
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--", "app_models", "vaultdev", "migrations"],
+        ["git", "status", "--porcelain", "--", "app_models", "migrations"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -217,6 +243,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "git_commit": commit,
         "engine_tree_dirty": bool(dirty),
+        "vault_server": f"{openbao_version()} dev server (in memory)",
     }
 
 
@@ -248,13 +275,21 @@ def _timed(label: str, fn: Callable[[], Point], repeat: int = 1) -> Point:
 
 
 def main_points(b: Bench, args: argparse.Namespace) -> list[Point]:
-    n, bs, w = args.rows, args.batch_size, args.workers
+    n, bs, w, v = args.rows, args.batch_size, args.workers, args.vault_batch_items
     pts: list[Point] = []
     for i, lat in enumerate(args.latencies):
         pts.append(
             _timed(
-                f"(a) engine, {n} rows, batch {bs}, {w} workers, {lat:g} ms",
-                partial(engine_run, b, rows=n, batch_size=bs, workers=w, latency_ms=lat),
+                f"(a) engine, {n} rows, batch {bs}, {w} workers, {v} items/request, {lat:g} ms",
+                partial(
+                    engine_run,
+                    b,
+                    rows=n,
+                    batch_size=bs,
+                    workers=w,
+                    latency_ms=lat,
+                    vault_batch_items=v,
+                ),
                 args.repeat,
             )
         )
@@ -264,6 +299,23 @@ def main_points(b: Bench, args: argparse.Namespace) -> list[Point]:
                 raise RuntimeError(f"{bad} sampled rows are not correctly migrated")
             _step("  sample of migrated rows verified (new key + context, HMAC)")
             b.db.keep_migrated()
+    if not args.no_direct:
+        pts.append(
+            _timed(
+                f"(a) engine straight to OpenBao (no proxy), {n} rows, 0 ms",
+                partial(
+                    engine_run,
+                    b,
+                    rows=n,
+                    batch_size=bs,
+                    workers=w,
+                    latency_ms=0,
+                    vault_batch_items=v,
+                    direct=True,
+                ),
+                args.repeat,
+            )
+        )
     pts.append(
         _timed(
             f"(c) database alone, batch {bs}",
@@ -274,8 +326,16 @@ def main_points(b: Bench, args: argparse.Namespace) -> list[Point]:
     for lat in args.latencies:
         pts.append(
             _timed(
-                f"(d) Vault alone, serial, batch {bs}, {lat:g} ms",
-                partial(vault_only_run, b, rows=n, batch_size=bs, latency_ms=lat),
+                f"(d) Vault alone, serial, batch {bs}, {v} items/request, {lat:g} ms",
+                partial(
+                    vault_only_run,
+                    b,
+                    rows=n,
+                    batch_size=bs,
+                    latency_ms=lat,
+                    parallel=w,
+                    vault_batch_items=v,
+                ),
                 args.repeat,
             )
         )
@@ -283,7 +343,16 @@ def main_points(b: Bench, args: argparse.Namespace) -> list[Point]:
             pts.append(
                 _timed(
                     f"(d') Vault alone, {w} clients, batch {bs}, {lat:g} ms",
-                    partial(vault_only_run, b, rows=n, batch_size=bs, latency_ms=lat, workers=w),
+                    partial(
+                        vault_only_run,
+                        b,
+                        rows=n,
+                        batch_size=bs,
+                        latency_ms=lat,
+                        workers=w,
+                        parallel=w,
+                        vault_batch_items=v,
+                    ),
                     args.repeat,
                 )
             )
@@ -303,26 +372,38 @@ def sweep_points(b: Bench, args: argparse.Namespace) -> list[Point]:
     pts: list[Point] = []
     n = min(args.sweep_rows, args.rows)
     for lat in args.sweep_latencies:
-        for bs in args.sweep_batch_sizes:
-            for w in args.sweep_workers:
-                pts.append(
-                    _timed(
-                        f"sweep: engine, {n} rows, batch {bs}, {w} workers, {lat:g} ms",
-                        partial(engine_run, b, rows=n, batch_size=bs, workers=w, latency_ms=lat),
-                        args.sweep_repeat,
+        for v in args.sweep_vault_batch_items:
+            for bs in args.sweep_batch_sizes:
+                for w in args.sweep_workers:
+                    pts.append(
+                        _timed(
+                            f"sweep: engine, {n} rows, batch {bs}, {w} workers, "
+                            f"{v} items/request, {lat:g} ms",
+                            partial(
+                                engine_run,
+                                b,
+                                rows=n,
+                                batch_size=bs,
+                                workers=w,
+                                latency_ms=lat,
+                                vault_batch_items=v,
+                            ),
+                            args.sweep_repeat,
+                        )
                     )
-                )
     return pts
 
 
 def sweep_table(pts: Sequence[Point]) -> str:
-    """rows/s per batch size (lines) and workers (columns), one block per latency."""
+    """rows/s per batch size (lines) and workers (columns), a block per latency and items."""
     out = []
-    for lat in sorted({p.latency_ms for p in pts}):
-        at = [p for p in pts if p.latency_ms == lat]
+    for lat, v in sorted({(p.latency_ms, p.vault_batch_items or 0) for p in pts}):
+        at = [p for p in pts if p.latency_ms == lat and (p.vault_batch_items or 0) == v]
         ws = sorted({p.workers or 0 for p in at})
         bss = sorted({p.batch_size or 0 for p in at})
-        out.append(f"rows/s at {lat:g} ms (lines: batch size, columns: workers)")
+        out.append(
+            f"rows/s at {lat:g} ms, vault-batch-items {v} (lines: batch size, columns: workers)"
+        )
         out.append(f"{'batch':>7} " + " ".join(f"{'W=' + str(w):>8}" for w in ws))
         for bs in bss:
             cells = []
@@ -348,6 +429,7 @@ def memory_points(b: Bench, args: argparse.Namespace) -> list[Point]:
                     batch_size=args.batch_size,
                     workers=args.workers,
                     latency_ms=0,
+                    vault_batch_items=args.vault_batch_items,
                 ),
             )
         )
@@ -370,11 +452,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     admin = sa.make_url(args.admin_url)
     if admin.drivername in ("postgresql", "postgres"):
         admin = admin.set(drivername="postgresql+psycopg")
-    _step("starting vaultdev and creating the database")
-    with start_vaultdev() as vd:
+    _step("starting an OpenBao dev server, the fault proxy, and creating the database")
+    with start_dev_server() as server, ProxyProcess(server.addr) as proxy:
         db = BenchDb.create(admin)
         try:
-            vault = Vault.setup(vd)
+            vault = Vault.setup(server, proxy)
             b = Bench(db, vault, "hmac-" + secrets.token_hex(16), workdir)
             if args.memory:
                 seed_rows = max(args.memory_rows)
@@ -432,6 +514,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     workers=args.workers,
                     latency_ms=0,
                     out=args.profile,
+                    vault_batch_items=args.vault_batch_items,
                 )
                 result["profile"] = {}
                 for name, path in files.items():
