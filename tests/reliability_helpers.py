@@ -1,6 +1,7 @@
 """Helpers shared by the reliability tests (issue 5): subprocess runs, checkpoints, values.
 
-Everything talks to the real PostgreSQL and to vaultdev (or Vault) over HTTP; nothing is mocked.
+Everything talks to the real PostgreSQL and to a real Vault (OpenBao) over HTTP, through the
+fault proxy of :mod:`tests.fault_proxy` when a test injects faults; nothing is mocked.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from app_models.migration import TRANSIT_FACTORY_KEY
 from app_models.settings import Settings
 from app_models.tables import ENCRYPTED_COLUMNS, context_string, metadata
 from app_models.transit import TransitClient, build_retry
+from tests.fault_proxy import FaultProxy
 from tests.migration_fixtures import ROOT, Migration
 from tests.seeding import b64, read_table
 
@@ -145,6 +147,34 @@ def checkpoints(engine: sa.Engine) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in rows]
 
 
+def committed_batches(engine: sa.Engine, revision: str) -> int:
+    """Batches of ``revision`` the current run has committed (0 before its first checkpoint)."""
+    cps = [c for c in checkpoints(engine) if c["revision"] == revision]
+    if not cps or cps[0]["last_pk"] is None:
+        return 0
+    return int(cps[0]["batch_seq"]) + 1
+
+
+def step_until(
+    proxy: FaultProxy,
+    done: Callable[[], bool],
+    alive: Callable[[], bool],
+    what: str = "the run",
+    timeout: float = 120,
+) -> None:
+    """With ``proxy`` holding the run's Vault requests (:meth:`FaultProxy.hold`), let them
+    through one at a time until ``done()``. The run then waits at the proxy, frozen, until the
+    test lets it go on (:meth:`FaultProxy.release`): a fault lands where the test wants it,
+    however fast or slow the machine is."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert alive(), f"{what} ended before the fault could be injected"
+        assert time.monotonic() < deadline, f"{what} made no progress"
+        if proxy.held and proxy.allowance == 0:
+            proxy.allow(1)
+        time.sleep(0.002)
+
+
 def current_version(engine: sa.Engine) -> str | None:
     with engine.connect() as conn:
         if not sa.inspect(conn).has_table("alembic_version_encryption"):
@@ -228,6 +258,7 @@ __all__ = [
     "AlembicProcess",
     "b64",
     "checkpoints",
+    "committed_batches",
     "current_version",
     "decrypt_one",
     "encrypt_raw",
@@ -242,6 +273,7 @@ __all__ = [
     "schemes_of",
     "set_values",
     "small_retry_factory",
+    "step_until",
     "table_summary",
     "wait_no_backends",
 ]

@@ -19,16 +19,18 @@ import pytest
 import sqlalchemy as sa
 
 from app_models.tables import metadata
+from tests.fault_proxy import FaultProxy
 from tests.migration_fixtures import Migration
 from tests.reliability_helpers import (
     AlembicProcess,
     checkpoints,
+    committed_batches,
     popen_alembic,
     run_alembic,
+    step_until,
     table_summary,
 )
 from tests.seeding import assert_scheme, read_table, sample_rows, seed
-from tests.vault_fixtures import FaultHandle
 
 invitations = metadata.tables["invitations"]
 
@@ -37,49 +39,66 @@ def seed_invitations(m: Migration, n: int) -> dict[Any, Any]:
     return seed(m.engine, m.vault, "invitations", sample_rows("invitations", n), m.hmac_secret)
 
 
-def wait_for_checkpoint(m: Migration, revision: str, p: AlembicProcess, n: int = 1) -> str:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        cps = [c for c in checkpoints(m.engine) if c["revision"] == revision]
-        if cps and cps[0]["last_pk"] is not None and cps[0]["batch_seq"] >= n - 1:
-            return str(cps[0]["last_pk"])
-        assert p.proc.poll() is None, f"the run ended first:\n{p.stderr}"
-        time.sleep(0.005)
-    raise AssertionError("no progress")
-
-
-def terminate(m: Migration, only: str | None = None) -> int:
-    """Terminate the test database's other backends (or those whose query contains ``only``)."""
+def terminate(m: Migration, pids: list[int] | None = None) -> int:
+    """Terminate the test database's other backends (or only ``pids``)."""
     with m.engine.connect() as conn:
         return int(
             conn.execute(
                 sa.text(
                     "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
                     "FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND pid <> pg_backend_pid() AND (CAST(:only AS text) IS NULL "
-                    "OR strpos(query, CAST(:only AS text)) > 0)"
+                    "AND pid <> pg_backend_pid() "
+                    "AND (CAST(:pids AS int[]) IS NULL OR pid = ANY(CAST(:pids AS int[])))"
                 ),
-                {"only": only},
+                {"pids": pids},
             ).scalar_one()
         )
 
 
-def drop_mid_run(m: Migration, vault_faults: FaultHandle, which: str) -> AlembicProcess:
-    """Start ``upgrade head`` and terminate connections of the migration once it is under way."""
+def run_connections(m: Migration) -> tuple[list[int], list[int]]:
+    """The run's main connection(s) (holding its advisory lock) and the connections that have
+    run a query, in the order they were opened. With NullPool and the run frozen mid-table,
+    those are the table's reader (opened before the first batch was handed out) and then its
+    workers. (The engine also opens a connection on the reader's thread that runs nothing: it
+    comes with the Vault client that pins the key version; terminating it changes nothing.)"""
+    with m.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT a.pid, a.query, EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid "
+                "AND l.locktype = 'advisory' AND l.granted) AS main "
+                "FROM pg_stat_activity a WHERE a.datname = current_database() "
+                "AND a.pid <> pg_backend_pid() ORDER BY a.backend_start, a.pid"
+            )
+        ).all()
+    main = [r.pid for r in rows if r.main]
+    return main, [r.pid for r in rows if not r.main and r.query]
+
+
+def drop_mid_run(m: Migration, vault_faults: FaultProxy, which: str) -> AlembicProcess:
+    """Start ``upgrade head`` and terminate connections of the migration once it is under way.
+
+    The fault proxy holds the run's Vault requests and lets them through one at a time until
+    three batches of invitations are committed; the connections are terminated while the run
+    waits there, mid-table (so which connection is which is known, not raced for), then it
+    goes on and meets the dead connection(s).
+    """
     m.upgrade("0001_users")
-    vault_faults.set(latency_ms=8, paths=[f"{m.vault.mount}/"])
+    vault_faults.hold(f"{m.vault.mount}/")
     p = popen_alembic(m, "-x", "batch-size=20", "-x", "workers=2", "upgrade", "head")
-    wait_for_checkpoint(m, "0002_invitations", p, 3)
+    step_until(
+        vault_faults,
+        lambda: committed_batches(m.engine, "0002_invitations") >= 3,
+        lambda: p.proc.poll() is None,
+    )
+    main, others = run_connections(m)
+    assert len(main) == 1 and len(others) >= 2, (main, others)  # reader, worker(s)
     if which == "all":  # a failover: every connection of the migration goes
-        assert terminate(m) >= 2
-    else:
-        # a single connection: a worker's (running, or last ran, a batch's compare-and-swap
-        # UPDATE) or the reader's (keyset SELECT)
-        only = "UPDATE invitations" if which == "one-worker" else "FROM invitations"
-        deadline = time.monotonic() + 20
-        while not terminate(m, only=only):
-            assert time.monotonic() < deadline, "no such connection found"
-            time.sleep(0.002)
+        assert terminate(m) >= 1 + len(others)
+    elif which == "one-worker":  # the connection of the last worker that started
+        assert terminate(m, others[-1:]) == 1
+    else:  # the reader's (keyset SELECT)
+        assert terminate(m, others[:1]) == 1
+    vault_faults.release()
     p.wait(120)
     vault_faults.clear()
     print(f"\nexit {p.proc.returncode}; stderr tail:\n{p.stderr[-1500:]}")
@@ -88,7 +107,7 @@ def drop_mid_run(m: Migration, vault_faults: FaultHandle, which: str) -> Alembic
 
 @pytest.mark.parametrize("which", ["all", "one-worker", "reader"])
 def test_dropped_connection_loses_nothing_and_rerun_resumes(
-    migration: Migration, vault_faults: FaultHandle, which: str
+    migration: Migration, vault_faults: FaultProxy, which: str
 ) -> None:
     m = migration
     data = seed_invitations(m, 1200)
@@ -109,7 +128,7 @@ def test_dropped_connection_loses_nothing_and_rerun_resumes(
 
 @pytest.mark.parametrize("which", ["all", "one-worker", "reader"])
 def test_dropped_connection_stops_with_a_clear_message(
-    migration: Migration, vault_faults: FaultHandle, which: str
+    migration: Migration, vault_faults: FaultProxy, which: str
 ) -> None:
     m = migration
     seed_invitations(m, 1200)

@@ -39,10 +39,12 @@ from tests.fault_proxy import FaultProxy
 from tests.migration_fixtures import NEW_KEY, OLD_KEY, Migration
 from tests.reliability_helpers import (
     checkpoints,
+    committed_batches,
     run_alembic,
     run_inprocess,
     set_values,
     small_retry_factory,
+    step_until,
     table_summary,
 )
 from tests.seeding import Vault, assert_scheme, read_table, sample_rows, seed
@@ -70,28 +72,6 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[BaseExcepti
     t = threading.Thread(target=body, daemon=True)
     t.start()
     return t, errors
-
-
-def committed_batches(m: Migration, revision: str) -> int:
-    """Batches of ``revision`` this run has committed (0 before its first checkpoint)."""
-    cps = [c for c in checkpoints(m.engine) if c["revision"] == revision]
-    if not cps or cps[0]["last_pk"] is None:
-        return 0
-    return int(cps[0]["batch_seq"]) + 1
-
-
-def step_until(
-    proxy: FaultProxy, done: Callable[[], bool], t: threading.Thread, timeout: float = 120
-) -> None:
-    """With the proxy holding the run's requests, let them through one at a time until
-    ``done()``; the run then stays frozen at the proxy until the test releases it."""
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert t.is_alive(), "the run ended before the fault could be injected"
-        assert time.monotonic() < deadline, "no progress"
-        if proxy.held and proxy.allowance == 0:
-            proxy.allow(1)
-        time.sleep(0.002)
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,7 +175,9 @@ def test_outage_longer_than_retry_budget_stops_cleanly_and_resumes(
     t, errors = in_thread(
         lambda: run_inprocess(m, "upgrade", "head", factory=factory, batch_size=20, workers=2)
     )
-    step_until(vault_faults, lambda: committed_batches(m, "0002_invitations") >= 3, t)
+    step_until(
+        vault_faults, lambda: committed_batches(m.engine, "0002_invitations") >= 3, t.is_alive
+    )
     # the run is frozen at the proxy mid-table: Vault goes away for longer than the budget
     vault_faults.reset_stats()
     vault_faults.set(next=[{"status": 503, "count": 5000}], paths=[mount])
@@ -291,7 +273,7 @@ def test_vault_stopped_mid_run_stops_cleanly_and_resumes_on_a_restarted_vault(
         t, errors = in_thread(
             lambda: run_inprocess(m, "upgrade", "0001_users", factory=factory, batch_size=20)
         )
-        step_until(proxy, lambda: committed_batches(m, "0001_users") >= 3, t)
+        step_until(proxy, lambda: committed_batches(m.engine, "0001_users") >= 3, t.is_alive)
         private_vault.stop()  # while the run waits at the proxy: Vault is gone
         proxy.reset_stats()
         proxy.release()
@@ -519,7 +501,7 @@ def test_token_revoked_mid_run_stops_cleanly_and_says_so(
     t, errors = in_thread(
         lambda: run_inprocess(m, "upgrade", "0001_users", factory=factory, batch_size=20)
     )
-    step_until(vault_faults, lambda: committed_batches(m, "0001_users") >= 2, t)
+    step_until(vault_faults, lambda: committed_batches(m.engine, "0001_users") >= 2, t.is_alive)
     m.vault.client.auth.token.revoke(token)  # by OpenBao itself, while the run waits
     vault_faults.release()
     t.join(120)
