@@ -357,7 +357,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "vault-addr",
         "vault_addr",
         _parse_vault_addr,
-        "Vault address, http(s)://host:port",
+        "Vault address, http:// or https://host:port",
         ("VAULT_ADDR", "BAO_ADDR"),
     ),
     Option(
@@ -373,7 +373,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "vault-namespace",
         "vault_namespace",
         _parse_text,
-        "Vault Enterprise namespace",
+        "Vault (or OpenBao) namespace",
         ("VAULT_NAMESPACE", "BAO_NAMESPACE"),
     ),
     Option(
@@ -422,7 +422,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "batch-size",
         "batch_size",
         _int(1, MAX_BATCH_SIZE),
-        "rows per batch (one database transaction)",
+        "rows per batch, one database transaction each",
         default=str(DEFAULT_BATCH_SIZE),
     ),
     Option(
