@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app_models.reencrypt import TableSummary
-from app_models.settings import Settings
+from app_models.settings import REPORT_TEMP_PREFIX, Settings
 
 log = logging.getLogger("context_encryption")
 
@@ -64,18 +64,45 @@ class RunReport:
             "tables": [t.as_dict() for t in self.tables],
         }
 
-    def write(self, path: str) -> None:
-        """Write atomically (temporary file, then rename), so a report is never half written."""
+    def write(self, path: str) -> bool:
+        """Write the report atomically; never raise. Returns whether it was written.
+
+        The JSON goes to a temporary file in the report's own directory, is flushed to disk and
+        then renamed over ``path``, so a reader never sees half a report and a failed write
+        leaves any earlier report as it was. The directory is never created: the settings
+        checked before the run that it exists and takes a new file. A write that fails anyway
+        (the directory removed meanwhile, a full disk) is logged as an error and does not turn
+        the run's own outcome into a traceback.
+        """
         directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".json", dir=directory)
+        tmp: str | None = None
         try:
+            text = json.dumps(self.as_dict(), indent=2, sort_keys=False) + "\n"
+            fd, tmp = tempfile.mkstemp(prefix=REPORT_TEMP_PREFIX, suffix=".json", dir=directory)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self.as_dict(), fh, indent=2, sort_keys=False)
-                fh.write("\n")
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
             os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
+            tmp = None
+        except (OSError, TypeError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            log.error(
+                "the report could not be written to %s (%s); the run itself %s",
+                path,
+                reason,
+                _OUTCOME_WORDS.get(self.outcome, f"ended as {self.outcome!r}"),
+            )
+            return False
+        finally:
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
-            raise
         log.info("report written to %s", path)
+        return True
+
+
+_OUTCOME_WORDS = {
+    "completed": "completed",
+    "dry-run": "was a dry run that wrote nothing",
+    "running": "had not finished",
+}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import sqlalchemy as sa
 
 from app_models.migration import RUN_LOCK_KEY
@@ -102,3 +104,22 @@ def test_alembic_current_is_read_only_and_prints_once(migration: Migration) -> N
         other.commit()
         proc = migration.cli("current")
     assert proc.stdout.count("0001_users") == 1
+
+
+def test_a_bad_report_path_stops_before_any_work(migration: Migration, tmp_path: Path) -> None:
+    data = seed(migration.engine, migration.vault, "users", sample_rows("users", 5), "s")
+    before = snapshot(migration.engine, ["users"])
+    missing = tmp_path / "no-such-dir"
+    for path, problem in (
+        (tmp_path, "is a directory"),
+        (missing / "run.json", f"the directory {str(missing)!r} does not exist"),
+    ):
+        proc = migration.cli("-x", f"report={path}", "upgrade", "head", check=False)
+        assert proc.returncode != 0
+        assert f"-x report={str(path)!r}" in proc.stderr and problem in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert "Running upgrade" not in proc.stderr
+        assert migration.current() is None
+        assert snapshot(migration.engine, ["users"]) == before
+    assert not missing.exists()
+    assert_scheme(migration.engine, migration.vault, "users", data, "old")
