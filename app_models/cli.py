@@ -7,14 +7,17 @@
     (or on plaintext, unreadable values, HMAC mismatches), 2 when it could not verify.
 
 ``context-encryption preflight [--direction upgrade|downgrade] [--tables ...] [--json]``
-    The checks ``alembic upgrade``/``downgrade`` make before the first row. Exit 0 or 1 (2: could
-    not run).
+    The checks ``alembic upgrade head`` (or ``alembic downgrade base``) makes before the first
+    row, on exactly the tables that command would touch from the current revision (read from
+    ``alembic_version_encryption``); ``--tables`` narrows them further. When the command would
+    touch nothing, it says so. Exit 0 or 1 (2: could not run).
 
 Settings come from the same environment variables as the migration (``DATABASE_URL``,
 ``VAULT_ADDR``, ``VAULT_TOKEN``, ...); each ``--name`` flag maps one to one onto the ``-x name``
-of the migration (``--db``, ``--vault-addr``, ``--vault-key``, ``--new-vault-key``, ...).
-Prefer the environment for ``VAULT_TOKEN`` and the HMAC secret: command lines are visible to
-other users of the machine. No value, plaintext, token or secret is ever printed.
+of the migration (``--db``, ``--vault-addr``, ``--vault-key``, ``--new-vault-key``, ...), and
+messages about them name the flag. Prefer the environment for ``VAULT_TOKEN`` and the HMAC
+secret: command lines are visible to other users of the machine (a flag carrying one is
+accepted with a warning). No value, plaintext, token or secret is ever printed.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -37,10 +41,16 @@ from app_models.preflight import (
     check_vault,
     collect_preflight,
 )
-from app_models.settings import Settings, load_settings
+from app_models.settings import FLAG_SPELLING, Settings, load_settings, option_help
 from app_models.tables import TABLE_NAMES
 from app_models.transit import TransitClient
-from app_models.verify import DEFAULT_MAX_IDS, VerifyReport, applied_tables, verify
+from app_models.verify import (
+    DEFAULT_MAX_IDS,
+    VerifyReport,
+    applied_tables,
+    current_revision,
+    verify,
+)
 
 EXIT_OK: Final = 0
 EXIT_PROBLEMS: Final = 1
@@ -71,7 +81,9 @@ def _parser() -> argparse.ArgumentParser:
         "settings (default: the environment variables of the migration)"
     )
     for flag in _SETTING_FLAGS:
-        group.add_argument(f"--{flag}", dest=flag.replace("-", "_"), metavar="VALUE")
+        group.add_argument(
+            f"--{flag}", dest=flag.replace("-", "_"), metavar="VALUE", help=option_help(flag)
+        )
     common.add_argument("--json", action="store_true", help="print a JSON document")
     common.add_argument(
         "-v", "--verbose", action="store_true", help="log progress to stderr (INFO level)"
@@ -103,7 +115,13 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="the checks a migration makes before its first row",
     )
-    p.add_argument("--direction", choices=("upgrade", "downgrade"), default="upgrade")
+    p.add_argument(
+        "--direction",
+        choices=("upgrade", "downgrade"),
+        default="upgrade",
+        help="check for `alembic upgrade head` (default) or `alembic downgrade base`, from the "
+        "current revision",
+    )
     return parser
 
 
@@ -113,7 +131,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         for flag in _SETTING_FLAGS
         if getattr(args, flag.replace("-", "_")) is not None
     }
-    return load_settings(x, os.environ)
+    return load_settings(x, os.environ, spelling=FLAG_SPELLING)
 
 
 def _transit(settings: Settings) -> TransitClient | None:
@@ -204,10 +222,17 @@ def print_verify(report: VerifyReport, *, as_json: bool) -> None:
         _emit(f"NOT OK: {report.problems} problem value(s) for revision {rev}")
 
 
-def print_preflight(report: PreflightReport, *, as_json: bool) -> None:
+def print_preflight(
+    report: PreflightReport, *, as_json: bool, scope: PreflightScope | None = None
+) -> None:
     if as_json:
-        _emit(json.dumps(report.as_dict(), indent=2))
+        doc = report.as_dict()
+        if scope is not None:
+            doc.update(scope.as_dict())
+        _emit(json.dumps(doc, indent=2))
         return
+    if scope is not None:
+        _emit(scope.describe())
     for c in report.checks:
         _emit(f"{'ok  ' if c.ok else 'FAIL'} {c.name:<14} {c.detail}")
     for w in report.warnings:
@@ -220,6 +245,93 @@ def print_preflight(report: PreflightReport, *, as_json: bool) -> None:
 # --------------------------------------------------------------------------------------------
 # commands
 # --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreflightScope:
+    """The tables a preflight checks: those the alembic command would touch from the current
+    revision, narrowed by ``--tables``."""
+
+    direction: str
+    #: False when the revision could not be read (no database, or it does not answer): then
+    #: every selected table is checked and the database check says what is wrong.
+    known: bool
+    revision: str | None  # None: base
+    touched: tuple[str, ...]  # what `alembic upgrade head` / `downgrade base` would touch
+    tables: tuple[str, ...]  # what is checked
+
+    @property
+    def command(self) -> str:
+        return "alembic upgrade head" if self.direction == "upgrade" else "alembic downgrade base"
+
+    @property
+    def nothing_to_do(self) -> str | None:
+        """Why there is nothing to check, or None."""
+        if not self.known:
+            return None
+        rev = self.revision or "base"
+        if not self.touched and self.direction == "downgrade":
+            return (
+                f"nothing to roll back: no revision is applied ({rev}); "
+                f"`{self.command}` would touch no table"
+            )
+        if not self.touched:
+            return (
+                f"nothing to migrate: revision {rev} is the head, every table is in the new "
+                f"scheme; `{self.command}` would touch no table"
+            )
+        if not self.tables:
+            return (
+                f"nothing to check: from revision {rev}, `{self.command}` would touch "
+                f"{', '.join(self.touched)}, and --tables names none of them"
+            )
+        return None
+
+    def describe(self) -> str:
+        if not self.known:
+            return (
+                "current revision unknown (the database could not be read); checking "
+                f"{', '.join(self.tables)}"
+            )
+        note = self.nothing_to_do
+        if note is not None:
+            return note
+        verb = "migrate" if self.direction == "upgrade" else "roll back"
+        text = (
+            f"revision {self.revision or 'base'}: `{self.command}` would {verb} "
+            f"{', '.join(self.touched)}"
+        )
+        if self.tables != self.touched:
+            text += f"; checking {', '.join(self.tables)} (--tables)"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision if self.known else None,
+            "revision_known": self.known,
+            "would_touch": list(self.touched) if self.known else None,
+            "nothing_to_do": self.nothing_to_do,
+        }
+
+
+def preflight_scope(settings: Settings, direction: str, engine: sa.Engine | None) -> PreflightScope:
+    """What ``alembic upgrade head`` (or ``downgrade base``) would touch from the current
+    revision, read from ``alembic_version_encryption``, narrowed by ``--tables``."""
+    selected = settings.tables or TABLE_NAMES
+    try:
+        if engine is None:
+            raise LookupError
+        with engine.connect() as conn:
+            revision = current_revision(conn)
+    except (LookupError, sa.exc.SQLAlchemyError):
+        return PreflightScope(direction, False, None, TABLE_NAMES, tuple(selected))
+    applied = applied_tables(revision)
+    touched = tuple(t for t in TABLE_NAMES if (t in applied) == (direction == "downgrade"))
+    if direction == "downgrade":
+        touched = touched[::-1]  # the order alembic rolls them back in
+    return PreflightScope(
+        direction, True, revision, touched, tuple(t for t in touched if t in selected)
+    )
 
 
 def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
@@ -267,21 +379,28 @@ def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_preflight(args: argparse.Namespace, settings: Settings) -> int:
     engine = _engine(settings)
-    transit = _transit(settings)
+    transit: TransitClient | None = None
     try:
-        report = collect_preflight(
-            settings,
-            direction=args.direction,
-            tables=settings.tables or TABLE_NAMES,
-            transit=transit,
-            engine=engine,
-        )
+        scope = preflight_scope(settings, args.direction, engine)
+        if scope.nothing_to_do is not None and engine is not None:
+            # the alembic command would run no revision, hence no preflight either
+            report = PreflightReport(args.direction, ())
+            check_database(report, engine)
+        else:
+            transit = _transit(settings)
+            report = collect_preflight(
+                settings,
+                direction=args.direction,
+                tables=scope.tables,
+                transit=transit,
+                engine=engine,
+            )
     finally:
         if transit is not None:
             transit.close()
         if engine is not None:
             engine.dispose()
-    print_preflight(report, as_json=args.json)
+    print_preflight(report, as_json=args.json, scope=scope)
     return EXIT_OK if report.ok else EXIT_PROBLEMS
 
 
