@@ -618,11 +618,13 @@ class TransitClient:
                     f"({exc.text}); the server's request limits are below this value's size"
                 )
                 return [ItemResult(None, reason)]
-            limit = self.limits.refused(size, exc.text)
-            step = min(limit, (size + 1) // 2)
+            self.limits.refused(size, exc.text)
             out: list[ItemResult] = []
-            for start in range(lo, hi, step):
-                out.extend(self._send(call, start, min(start + step, hi)))
+            start = lo
+            while start < hi:  # at the size in force now, which another refusal may lower
+                end = min(start + min(self.limits.max_items, (size + 1) // 2), hi)
+                out.extend(self._send(call, start, end))
+                start = end
             return out
         self.limits.passed(hi - lo)
         return results

@@ -25,6 +25,11 @@ same keys and meaning as vaultdev's fault injection::
                        [{"status": 503, "count": 2}, {"drop": True, "count": 1}]
     paths              only requests whose path after /v1/ starts with this prefix (a string or
                        a list of prefixes; absent: every /v1/ request)
+    max_batch_items    HashiCorp Vault's JSON limit (1.20.3+, ``max_json_array_element_count``)
+                       at a test's size: a request with more ``batch_input`` items is answered
+                       HTTP 500 ``JSON array exceeds allowed element count``, as Vault does
+                       (OpenBao has no such limit; it counts strings, which its own listener
+                       setting max_request_json_strings tests). 0: off
 
 An injected error answers like Vault: ``{"errors": ["..."]}`` with ``Content-Type:
 application/json``. A dropped request never reaches the server. Random faults draw from one
@@ -133,6 +138,7 @@ class _Config:
     drop_rate: float = 0.0
     next: list[_Next] = field(default_factory=list)
     paths: list[str] | None = None
+    max_batch_items: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -148,6 +154,7 @@ class _Config:
                 for n in self.next
             ],
             "paths": None if self.paths is None else list(self.paths),
+            "max_batch_items": self.max_batch_items,
         }
 
 
@@ -163,7 +170,7 @@ def _number(cfg: dict[str, Any], key: str, high: float | None = None) -> float:
 def parse_config(cfg: dict[str, Any]) -> _Config:
     """Validate a fault configuration (the keys of the module docstring)."""
     known = {"latency_ms", "latency_jitter_ms", "error_rate", "error_statuses", "drop_rate"}
-    unknown = sorted(set(cfg) - known - {"next", "paths"})
+    unknown = sorted(set(cfg) - known - {"next", "paths", "max_batch_items"})
     if unknown:
         raise ValueError(f"unknown fault settings: {unknown}")
     out = _Config(
@@ -180,6 +187,7 @@ def parse_config(cfg: dict[str, Any]) -> _Config:
     ):
         raise ValueError("error_statuses must be a non-empty list of HTTP error codes")
     out.error_statuses = list(statuses)
+    out.max_batch_items = int(_number(cfg, "max_batch_items"))
     nxt = cfg.get("next", [])
     if not isinstance(nxt, list | tuple):
         raise ValueError("next must be a list")
@@ -364,6 +372,13 @@ class _Handler(BaseHTTPRequestHandler):
                 st.batch_requests[kind] += 1
         if rel is not None:
             proxy._wait_if_held(rel)
+        limit = proxy.get()["max_batch_items"]
+        if limit and items is not None and items > limit:
+            with proxy._stats.lock:
+                proxy._stats.faults["errors"] += 1
+            self._count_status(500)
+            self._send_errors(500, ["JSON array exceeds allowed element count"])
+            return
         action = proxy.decide(rel) if rel is not None else None
         if action is not None:
             if action.delay:

@@ -232,3 +232,37 @@ def test_a_server_tighter_than_the_defaults_still_migrates_everything_both_ways(
     report = migration.downgrade("base", vault_addr=tight)
     assert report["outcome"] == "completed"
     _assert_all(migration, data, "old")
+
+
+def test_vaults_500_for_too_many_items_is_halved_never_retried_unchanged(
+    migration: Migration, vault_faults: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """HashiCorp Vault 1.20.3+ answers HTTP **500** to a request over its JSON limits.
+
+    The retry policy retries 5xx; this 500 must instead split the request, once each.
+    """
+    data = {
+        "users": seed(
+            migration.engine,
+            migration.vault,
+            "users",
+            sample_rows("users", 60),
+            migration.hmac_secret,
+        )
+    }
+    vault_faults.set(max_batch_items=40)
+    caplog.set_level(logging.INFO, logger="context_encryption")
+
+    report = migration.upgrade("0001_users")
+
+    assert report["outcome"] == "completed"
+    _assert_all(migration, data, "new")
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "retry" in m and "HTTP 500" in m], "retried unchanged"
+    refusals = [m for m in messages if "vault-batch-items=37" in m]
+    assert len(refusals) == 1
+    assert "JSON array exceeds allowed element count" in refusals[0]
+    stats = vault_faults.stats()
+    # 180 values each way: one refused request of 150 per operation (decrypt, encrypt), and
+    # nothing after the limit came down to 37
+    assert stats["statuses"].get("500") == 2
