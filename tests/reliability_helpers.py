@@ -12,7 +12,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,8 +135,28 @@ def table_summary(report: dict[str, Any], table: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def checkpoints(engine: sa.Engine) -> list[dict[str, Any]]:
+Bind = sa.Engine | sa.Connection
+
+
+@contextmanager
+def watching(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """One autocommit connection for a polling loop (a new backend per poll would cost the
+    machine more than the run under test)."""
     with engine.connect() as conn:
+        yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
+@contextmanager
+def _connected(bind: Bind) -> Iterator[sa.Connection]:
+    if isinstance(bind, sa.Connection):
+        yield bind
+    else:
+        with bind.connect() as conn:
+            yield conn
+
+
+def checkpoints(bind: Bind) -> list[dict[str, Any]]:
+    with _connected(bind) as conn:
         if not sa.inspect(conn).has_table("context_encryption_checkpoint"):
             return []
         rows = conn.execute(
@@ -147,9 +168,9 @@ def checkpoints(engine: sa.Engine) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in rows]
 
 
-def committed_batches(engine: sa.Engine, revision: str) -> int:
+def committed_batches(bind: Bind, revision: str) -> int:
     """Batches of ``revision`` the current run has committed (0 before its first checkpoint)."""
-    cps = [c for c in checkpoints(engine) if c["revision"] == revision]
+    cps = [c for c in checkpoints(bind) if c["revision"] == revision]
     if not cps or cps[0]["last_pk"] is None:
         return 0
     return int(cps[0]["batch_seq"]) + 1
@@ -175,8 +196,8 @@ def step_until(
         time.sleep(0.002)
 
 
-def current_version(engine: sa.Engine) -> str | None:
-    with engine.connect() as conn:
+def current_version(bind: Bind) -> str | None:
+    with _connected(bind) as conn:
         if not sa.inspect(conn).has_table("alembic_version_encryption"):
             return None
         return conn.execute(sa.text("SELECT version_num FROM alembic_version_encryption")).scalar()
@@ -256,6 +277,7 @@ def readable_as(m: Migration, table: str, column: str, ct: str) -> tuple[str, st
 __all__ = [
     "ALEMBIC",
     "AlembicProcess",
+    "Bind",
     "b64",
     "checkpoints",
     "committed_batches",
@@ -276,6 +298,7 @@ __all__ = [
     "step_until",
     "table_summary",
     "wait_no_backends",
+    "watching",
 ]
 
 

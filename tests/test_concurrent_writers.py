@@ -17,6 +17,11 @@ Afterwards:
   written after the migration passed its row may legitimately remain in the source scheme;
 * the report's ``changed_concurrently`` counts rows that changed under the migration (at least
   one, at most the number of updates and deletes that ran during it);
+* none of this depends on the machine's speed: the fault proxy paces the migration's Vault
+  requests by the writers' progress (``PACE`` operations for each request), and once, while
+  the migration waits at the proxy with batches read but not written, the test itself updates
+  one row of every batch past the checkpoint (rows no writer touches), so the compare-and-swap
+  certainly meets rows that changed;
 * no writer ever waited for a lock longer than its ``lock_timeout``, and a sampler of
   ``pg_locks`` shows the migration never held a row-modifying lock on the table for longer than
   a batch.
@@ -35,15 +40,17 @@ import pytest
 import sqlalchemy as sa
 
 from app_models.tables import metadata
+from tests.fault_proxy import FaultProxy
 from tests.migration_fixtures import Migration
-from tests.reliability_helpers import checkpoints, popen_alembic, table_summary
+from tests.reliability_helpers import checkpoints, popen_alembic, table_summary, watching
 from tests.seeding import hmac_hex, read_table, sample_rows, seed
-from tests.vault_fixtures import FaultHandle
 
 invitations = metadata.tables["invitations"]
 COLUMNS = ("email", "token")
 WRITER_APP = "reliability-writer"
 LOCK_TIMEOUT_MS = 1000
+#: application operations for each Vault request of the migration
+PACE = 1
 
 
 @dataclass
@@ -168,10 +175,43 @@ def writer(
                         if op == "insert":
                             mine.append(pk)
                         log.latest[pk] = written
-                if hot:
-                    time.sleep(0.002)
+                # a pause between operations leaves the GIL to the fault proxy's threads,
+                # which run in this process too
+                time.sleep(0.002 if hot else 0.001)
     finally:
         engine.dispose()
+
+
+def force_changes(m: Migration, pool: Pool, log: Log, reserved: list[Any], after: int) -> list[Any]:
+    """Update every reserved row past ``after`` to a pool value (never NULL, so each row
+    certainly changes: the seeded values are not in the pool), in one application transaction,
+    recorded like a writer's updates; returns their primary keys."""
+    pks = [pk for pk in reserved if pk > after]
+    assert pks, "no reserved row past the checkpoint"
+    updates: list[tuple[Any, dict[str, Written]]] = []
+    engine = sa.create_engine(
+        m.url, poolclass=sa.pool.NullPool, connect_args={"application_name": WRITER_APP}
+    )
+    with engine.begin() as conn:
+        for n, pk in enumerate(pks):
+            scheme = ("old", "new")[n % 2]
+            i = 1 + n % (len(pool.plains) - 1)
+            values: dict[str, str | None] = {}
+            written: dict[str, Written] = {}
+            for c in COLUMNS:
+                ct = (pool.old if scheme == "old" else pool.new)[c][i]
+                values[c] = ct
+                values[f"{c}_hmac"] = hmac_hex(m.hmac_secret, pool.plains[i])
+                written[c] = Written(pool.plains[i], scheme, ct)
+            conn.execute(sa.update(invitations).where(invitations.c.id == pk).values(**values))
+            updates.append((pk, written))
+    engine.dispose()
+    with log.lock:
+        for pk, written in updates:
+            log.latest[pk] = written
+            log.ops["update"] += 1
+            log.ops_during["update"] += 1
+    return pks
 
 
 def lock_sampler(m: Migration, stop: threading.Event, longest: list[float]) -> None:
@@ -196,7 +236,7 @@ def lock_sampler(m: Migration, stop: threading.Event, longest: list[float]) -> N
 
 @pytest.mark.parametrize("direction", ["upgrade", "downgrade"])
 def test_no_lost_update_while_the_application_writes(
-    migration: Migration, vault_faults: FaultHandle, direction: str
+    migration: Migration, vault_faults: FaultProxy, direction: str
 ) -> None:
     m = migration
     seeded = seed(m.engine, m.vault, "invitations", sample_rows("invitations", 2400), m.hmac_secret)
@@ -207,11 +247,18 @@ def test_no_lost_update_while_the_application_writes(
     command = (
         ["upgrade", "0002_invitations"] if direction == "upgrade" else ["downgrade", "0001_users"]
     )
-    vault_faults.set(latency_ms=10, latency_jitter_ms=4, paths=[f"{m.vault.mount}/"])
+    # The fault proxy paces the migration by the application: each Vault request of the run
+    # waits until the writers have done PACE more operations, so the application certainly
+    # works during the whole migration, however fast or slow the machine is.
+    vault_faults.hold(f"{m.vault.mount}/")
 
     pks = sorted(seeded)
     hot = pks[5::40]  # spread across every part of the table
-    rest = [pk for pk in pks if pk not in set(hot)]
+    # one row in every 25 (a batch) belongs to the test itself: it changes them while the
+    # migration has batches in flight (see below); no writer touches them
+    reserved = pks[12::25]
+    taken = set(hot) | set(reserved)
+    rest = [pk for pk in pks if pk not in taken]
     parts: list[list[Any]] = [hot, rest[0::3], rest[1::3], rest[2::3]]
     log = Log()
     stop, migrating, sampler_stop = threading.Event(), threading.Event(), threading.Event()
@@ -242,12 +289,28 @@ def test_no_lost_update_while_the_application_writes(
         *command,
     )
     started = time.monotonic()
-    while proc.proc.poll() is None:
-        if not migrating.is_set() and any(
-            c["revision"] == "0002_invitations" for c in checkpoints(m.engine)
-        ):
-            migrating.set()
-        time.sleep(0.005)
+    paced_at = 0
+    forced: list[Any] = []
+    with watching(m.engine) as watch:
+        while proc.proc.poll() is None:
+            held = vault_faults.held
+            frozen = held > 0 and vault_faults.allowance == 0
+            if not forced:
+                cps = [c for c in checkpoints(watch) if c["revision"] == "0002_invitations"]
+                if cps:
+                    migrating.set()
+                if frozen and cps and cps[0]["last_pk"] is not None:
+                    # The run waits at the proxy with batches read and not written yet. The
+                    # application changes the test's rows past the checkpoint (every batch
+                    # has one): the compare-and-swap certainly meets changed rows.
+                    forced = force_changes(m, pool, log, reserved, int(cps[0]["last_pk"]))
+            with log.lock:
+                ops = sum(log.ops.values())
+            credit = min((ops - paced_at) // PACE, held)
+            if frozen and credit > 0:
+                paced_at += credit * PACE
+                vault_faults.allow(credit)
+            time.sleep(0.002)
     migration_seconds = time.monotonic() - started
     migrating.clear()
     time.sleep(0.2)  # and keeps writing after it finished
@@ -256,7 +319,7 @@ def test_no_lost_update_while_the_application_writes(
         t.join(30)
     sampler_stop.set()
     sampler.join(30)
-    vault_faults.clear()
+    vault_faults.release()
 
     assert proc.proc.returncode == 0, proc.stderr
     assert m.current() == ("0002_invitations" if direction == "upgrade" else "0001_users")
@@ -325,6 +388,7 @@ def test_no_lost_update_while_the_application_writes(
         f"{len(left)}; longest app write {log.longest_write * 1000:.0f} ms; longest "
         f"migration lock hold seen {longest_lock[0] * 1000:.0f} ms"
     )
+    assert forced, "the test's own concurrent change was never made"
     assert not lost, f"{len(lost)} lost updates: {lost[:20]}"
     assert all("kept changing" in f["reason"] for f in failures), failures
     assert during >= 200, "too few concurrent operations to mean anything"

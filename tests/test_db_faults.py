@@ -29,6 +29,7 @@ from tests.reliability_helpers import (
     run_alembic,
     step_until,
     table_summary,
+    watching,
 )
 from tests.seeding import assert_scheme, read_table, sample_rows, seed
 
@@ -85,11 +86,12 @@ def drop_mid_run(m: Migration, vault_faults: FaultProxy, which: str) -> AlembicP
     m.upgrade("0001_users")
     vault_faults.hold(f"{m.vault.mount}/")
     p = popen_alembic(m, "-x", "batch-size=20", "-x", "workers=2", "upgrade", "head")
-    step_until(
-        vault_faults,
-        lambda: committed_batches(m.engine, "0002_invitations") >= 3,
-        lambda: p.proc.poll() is None,
-    )
+    with watching(m.engine) as watch:
+        step_until(
+            vault_faults,
+            lambda: committed_batches(watch, "0002_invitations") >= 3,
+            lambda: p.proc.poll() is None,
+        )
     main, others = run_connections(m)
     assert len(main) == 1 and len(others) >= 2, (main, others)  # reader, worker(s)
     if which == "all":  # a failover: every connection of the migration goes

@@ -46,6 +46,7 @@ from tests.reliability_helpers import (
     small_retry_factory,
     step_until,
     table_summary,
+    watching,
 )
 from tests.seeding import Vault, assert_scheme, read_table, sample_rows, seed
 
@@ -175,9 +176,10 @@ def test_outage_longer_than_retry_budget_stops_cleanly_and_resumes(
     t, errors = in_thread(
         lambda: run_inprocess(m, "upgrade", "head", factory=factory, batch_size=20, workers=2)
     )
-    step_until(
-        vault_faults, lambda: committed_batches(m.engine, "0002_invitations") >= 3, t.is_alive
-    )
+    with watching(m.engine) as watch:
+        step_until(
+            vault_faults, lambda: committed_batches(watch, "0002_invitations") >= 3, t.is_alive
+        )
     # the run is frozen at the proxy mid-table: Vault goes away for longer than the budget
     vault_faults.reset_stats()
     vault_faults.set(next=[{"status": 503, "count": 5000}], paths=[mount])
@@ -273,7 +275,8 @@ def test_vault_stopped_mid_run_stops_cleanly_and_resumes_on_a_restarted_vault(
         t, errors = in_thread(
             lambda: run_inprocess(m, "upgrade", "0001_users", factory=factory, batch_size=20)
         )
-        step_until(proxy, lambda: committed_batches(m.engine, "0001_users") >= 3, t.is_alive)
+        with watching(m.engine) as watch:
+            step_until(proxy, lambda: committed_batches(watch, "0001_users") >= 3, t.is_alive)
         private_vault.stop()  # while the run waits at the proxy: Vault is gone
         proxy.reset_stats()
         proxy.release()
@@ -501,7 +504,8 @@ def test_token_revoked_mid_run_stops_cleanly_and_says_so(
     t, errors = in_thread(
         lambda: run_inprocess(m, "upgrade", "0001_users", factory=factory, batch_size=20)
     )
-    step_until(vault_faults, lambda: committed_batches(m.engine, "0001_users") >= 2, t.is_alive)
+    with watching(m.engine) as watch:
+        step_until(vault_faults, lambda: committed_batches(watch, "0001_users") >= 2, t.is_alive)
     m.vault.client.auth.token.revoke(token)  # by OpenBao itself, while the run waits
     vault_faults.release()
     t.join(120)
