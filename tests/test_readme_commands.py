@@ -120,3 +120,25 @@ def test_the_readme_backup_and_restore_commands_bring_a_deleted_key_back(
         _run_cli(command, env, m.vault.mount, tmp_path)
 
     assert_scheme(m.engine, m.vault, "users", data, "old", m.hmac_secret)
+
+
+def test_every_troubleshooting_entry_is_a_text_the_tool_or_the_server_really_says() -> None:
+    """The table is keyed by exact texts: each must occur in the tool or in a contract test.
+
+    (HashiCorp Vault's 500 text, which OpenBao never says, is the fault proxy's copy of it.)
+    """
+    sources = [*(ROOT / "app_models").glob("*.py")]
+    sources += [ROOT / "tests" / "test_contract.py", ROOT / "tests" / "fault_proxy.py"]
+    said = "\n".join(p.read_text(encoding="utf-8") for p in sources)
+    said = re.sub(r'"\n\s*f?"', "", said)  # implicitly joined string literals
+    rows = [
+        line.split("|")[1]
+        for line in _section("## Troubleshooting").splitlines()
+        if line.startswith("| ") and not line.startswith(("| you see", "|---"))
+    ]
+    assert len(rows) >= 15
+    for cell in rows:
+        for text in re.findall(r"`([^`]+)`", cell):
+            for fragment in (f.strip() for f in text.split("...")):
+                if len(fragment) >= 6:
+                    assert fragment in said, f"README Troubleshooting quotes {fragment!r}"
