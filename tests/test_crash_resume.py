@@ -11,6 +11,10 @@ ciphertext), the version stamp right, no checkpoint left, and the completing run
 it did not redo committed batches (``resumed_after`` = the checkpoint, ``rows_scanned`` = the
 rows after it).
 
+The run's Vault requests pass the fault proxy one at a time, let through by the test between
+two looks at the database, so a run never gets past its kill point unseen, however fast or slow
+the machine is.
+
 In this engine a batch's write and its checkpoint are one transaction, so they cannot be apart;
 with several workers a later batch can commit before the checkpoint reaches it, and kills there
 are covered (the re-run finds those rows already migrated).
@@ -30,18 +34,20 @@ import pytest
 import sqlalchemy as sa
 
 from app_models.tables import TABLE_NAMES, metadata
+from tests.fault_proxy import FaultProxy
 from tests.migration_fixtures import Migration
 from tests.reliability_helpers import (
     AlembicProcess,
+    Bind,
     checkpoints,
     current_version,
     popen_alembic,
     run_alembic,
     schemes_of,
     wait_no_backends,
+    watching,
 )
 from tests.seeding import assert_scheme, sample_rows, seed
-from tests.vault_fixtures import FaultHandle
 
 SIZES = {
     "users": 1200,
@@ -74,25 +80,33 @@ class KillPoint:
     ahead: int = 0  # rows past the checkpoint already migrated (a later batch committed first)
 
 
-def _state(m: Migration, direction: str) -> tuple[str | None, tuple[str, int, str | None] | None]:
-    cps = [c for c in checkpoints(m.engine) if c["direction"] == direction]
+def _state(bind: Bind, direction: str) -> tuple[str | None, tuple[str, int, str | None] | None]:
+    cps = [c for c in checkpoints(bind) if c["direction"] == direction]
     assert len(cps) <= 1, f"more than one {direction} checkpoint: {cps}"
     cp = (cps[0]["revision"], cps[0]["batch_seq"], cps[0]["last_pk"]) if cps else None
-    return current_version(m.engine), cp
+    return current_version(bind), cp
 
 
 def _kill_when(
-    m: Migration, p: AlembicProcess, plan: str, direction: str, rng: random.Random
+    p: AlembicProcess,
+    plan: str,
+    direction: str,
+    rng: random.Random,
+    proxy: FaultProxy,
+    watch: sa.Connection,
 ) -> bool:
     """Kill ``p`` at the moment ``plan`` names; False when it finished first.
 
     ``time:S``: S seconds after launch. ``batches:N``: once this run has committed N batches of
     the revision it is on (its checkpoint's ``batch_seq`` restarts at -1 for every run).
     ``stamp:1``: as soon as this run has stamped a revision.
+
+    The run's Vault requests wait at ``proxy`` (holding them) and are let through one at a time
+    between two looks at the database, so the run cannot run past the kill point unseen.
     """
     started = time.monotonic()
     kind, _, arg = plan.partition(":")
-    initial = _state(m, direction)
+    initial = _state(watch, direction)
     fresh = False  # the checkpoint seen belongs to this run
     while True:
         if p.proc.poll() is not None:
@@ -100,21 +114,21 @@ def _kill_when(
         elapsed = time.monotonic() - started
         if kind == "time" and elapsed >= float(arg):
             break
-        if elapsed > 60:
-            raise AssertionError(f"no progress within 60 s:\n{p.stderr}")
+        if elapsed > 120:
+            raise AssertionError(f"no progress within 120 s:\n{p.stderr}")
         time.sleep(0.001 + rng.random() * 0.004)
-        if kind == "time":
-            continue
-        version, cp = _state(m, direction)
-        if kind == "stamp" and version != initial[0]:
-            break
-        if cp is None:
-            continue
-        old = initial[1]
-        if old is None or cp[0] != old[0] or cp[1] < old[1] or version != initial[0]:
-            fresh = True
-        if kind == "batches" and fresh and cp[2] is not None and cp[1] >= int(arg) - 1:
-            break
+        if kind != "time":
+            version, cp = _state(watch, direction)
+            if kind == "stamp" and version != initial[0]:
+                break
+            if cp is not None:
+                old = initial[1]
+                if old is None or cp[0] != old[0] or cp[1] < old[1] or version != initial[0]:
+                    fresh = True
+                if kind == "batches" and fresh and cp[2] is not None and cp[1] >= int(arg) - 1:
+                    break
+        if proxy.held and proxy.allowance == 0:
+            proxy.allow(1)
     p.proc.send_signal(signal.SIGKILL)
     p.proc.wait(10)
     return True
@@ -158,6 +172,7 @@ def _crash_loop(
     direction: str,
     plans: list[str],
     rng: random.Random,
+    proxy: FaultProxy,
 ) -> list[KillPoint]:
     """Run ``alembic args`` again and again, killing it as ``plans`` say; then let it finish."""
     kills: list[KillPoint] = []
@@ -168,15 +183,18 @@ def _crash_loop(
         last = kills[-1].checkpoint if kills else None
         if len(kills) >= KILLS and last is not None and last[2] is not None:
             break
-        version, cp = _state(m, direction)
+        version, cp = _state(m.engine, direction)
+        proxy.hold(f"{m.vault.mount}/")
         p = popen_alembic(m, *args, tag=f"crash-{direction}")
         t0 = time.monotonic()
-        killed = _kill_when(m, p, plan, direction, rng)
+        with watching(m.engine) as watch:
+            killed = _kill_when(p, plan, direction, rng, proxy, watch)
+        proxy.release()  # what the killed run left at the proxy goes on, to no one
         if not killed:  # finished before the kill point: counted as a missed kill
             assert p.proc.returncode == 0, p.stderr
             break
         wait_no_backends(m.engine)
-        after = _state(m, direction)
+        after = _state(m.engine, direction)
         # a killed run that made progress resumed from the checkpoint the previous kill left
         if cp is not None and cp[2] is not None and after != (version, cp):
             resumed = f"{TABLE_OF[cp[0]]}: resuming {direction} after id={cp[2]}"
@@ -185,7 +203,7 @@ def _crash_loop(
         ahead = _check_after_kill(m, data, direction, cp, version)
         kills.append(KillPoint(plan, version, cp, time.monotonic() - t0, ahead))
     # the plain re-run that finishes the job
-    version, cp = _state(m, direction)
+    version, cp = _state(m.engine, direction)
     final = run_alembic(m, "-x", f"report={report}", *args)
     assert final.proc.returncode == 0, final.stderr
     assert cp is not None and cp[2] is not None, f"the last kill should be mid-table: {kills}"
@@ -218,25 +236,22 @@ PLANS = [
 
 @pytest.mark.slow
 def test_sigkill_upgrade_and_downgrade_then_rerun_finishes(
-    migration: Migration, vault_faults: FaultHandle
+    migration: Migration, vault_faults: FaultProxy
 ) -> None:
     rng = random.Random(5)
     data = {
         t: seed(migration.engine, migration.vault, t, sample_rows(t, n), migration.hmac_secret)
         for t, n in SIZES.items()
     }
-    # a little latency on this test's mount only, so kills land inside batches
-    vault_faults.set(latency_ms=10, latency_jitter_ms=4, paths=[f"{migration.vault.mount}/"])
-
     up_args = ["-x", f"batch-size={BATCH}", "-x", "workers=2", "upgrade", "head"]
-    up_kills = _crash_loop(migration, data, up_args, "upgrade", PLANS, rng)
+    up_kills = _crash_loop(migration, data, up_args, "upgrade", PLANS, rng, vault_faults)
     assert current_version(migration.engine) == "0007_consent_records"
     assert checkpoints(migration.engine) == []
     for t in TABLE_NAMES:
         assert_scheme(migration.engine, migration.vault, t, data[t], "new", migration.hmac_secret)
 
     down_args = ["-x", f"batch-size={BATCH}", "-x", "workers=2", "downgrade", "base"]
-    down_kills = _crash_loop(migration, data, down_args, "downgrade", PLANS, rng)
+    down_kills = _crash_loop(migration, data, down_args, "downgrade", PLANS, rng, vault_faults)
     assert current_version(migration.engine) is None
     assert checkpoints(migration.engine) == []
     for t in TABLE_NAMES:
