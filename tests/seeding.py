@@ -62,6 +62,18 @@ def sample_rows(table: str, n: int, salt: str = "") -> list[Plain]:
     return rows
 
 
+def pks_with(data: Mapping[Any, Plain], column: str, n: int = 1) -> list[Any]:
+    """Primary keys (sorted) of seeded rows whose ``column`` holds a non-empty value.
+
+    A test picks the rows it needs by what they hold, never by position: ``users`` and
+    ``sessions`` have uuid keys, so the n-th row by key is a random one, and a seeded row may
+    hold NULL or the empty string. Fails when fewer than ``n`` rows qualify.
+    """
+    found = sorted(pk for pk, row in data.items() if row[column])
+    assert len(found) >= n, f"the seeded data has only {len(found)} rows with a {column}"
+    return found
+
+
 @dataclass
 class Vault:
     """The test's view of Vault: an hvac client, the mount and the two key names."""

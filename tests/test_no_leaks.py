@@ -33,7 +33,7 @@ from app_models import cli
 from app_models.tables import TABLE_NAMES
 from tests.migration_fixtures import ROOT, Migration
 from tests.reliability_helpers import run_alembic, set_values
-from tests.seeding import read_table, sample_rows, seed
+from tests.seeding import pks_with, read_table, sample_rows, seed
 
 LOGGERS = (
     "",
@@ -130,7 +130,7 @@ def test_cli_runs_at_debug_show_no_secret(
 ) -> None:
     m = migration
     data = seed_all(m)
-    bad_pk = sorted(data["invitations"])[3]
+    bad_pk = pks_with(data["invitations"], "token", 4)[3]
     secret_values = secrets_of(m, data, db_password)
     ini = str(debug_ini(tmp_path))
     outputs: list[tuple[str, str]] = []
@@ -259,8 +259,10 @@ def test_in_process_runs_at_debug_show_no_secret(
     m.downgrade("base")
 
     stored = read_table(m.engine, "users")
-    pk = sorted(stored)[2]
-    set_values(m, "users", pk, email="vault:v1:" + stored[pk]["email"][9:-6] + "AAAAAA")
+    pk = pks_with(data["users"], "email", 3)[2]  # a row with an email, whatever the uuids
+    ct = stored[pk]["email"]
+    assert isinstance(ct, str) and ct.startswith("vault:v1:")
+    set_values(m, "users", pk, email=ct[:-6] + ("AAAAAA" if ct[-6:] != "AAAAAA" else "BBBBBB"))
     with pytest.raises(CommandError) as err:
         m.upgrade("head")
     errors.append(str(err.value))
@@ -304,7 +306,7 @@ def test_plaintext_stored_in_the_database_is_not_logged_at_debug(
         )
     }
     planted = "plaintext sitting in the database"
-    set_values(m, "invitations", sorted(data["invitations"])[3], token=planted)
+    set_values(m, "invitations", pks_with(data["invitations"], "token", 4)[3], token=planted)
     secret_values = secrets_of(m, data, db_password)
     secret_values["plaintext stored in the database"] = planted
     report = tmp_path / "planted.json"
