@@ -1,6 +1,6 @@
 """The seven table revisions, driven through Alembic as operators do.
 
-Real PostgreSQL, real HTTP to vaultdev (or Vault), no mocks.
+Real PostgreSQL, real HTTP to OpenBao (or the Vault named by VAULT_ADDR), no mocks.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``context-encryption verify`` against real PostgreSQL (and SQLite) and vaultdev."""
+"""``context-encryption verify`` against real PostgreSQL (and SQLite) and a real OpenBao."""
 
 from __future__ import annotations
 
