@@ -14,7 +14,7 @@ Example::
         print(proxy.stats()["faults_injected"])
 
 Configuration (:meth:`FaultProxy.set` replaces it; :meth:`FaultProxy.clear` empties it), the
-same keys and meaning as vaultdev's fault injection::
+same keys and meaning as the retired emulator's fault injection::
 
     latency_ms         sleep this long before handling each matching request
     latency_jitter_ms  plus a uniform random 0..jitter ms
