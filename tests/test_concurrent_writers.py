@@ -393,8 +393,9 @@ def test_no_lost_update_while_the_application_writes(
     assert all("kept changing" in f["reason"] for f in failures), failures
     assert during >= 200, "too few concurrent operations to mean anything"
     assert 1 <= summary["changed_concurrently"] <= log.ops["update"] + log.ops["delete"]
+    # every writer statement runs with lock_timeout: none waited that long for a lock (a
+    # write's wall time, printed above, also holds CPU and disk waits: not asserted)
     assert log.lock_timeouts == 0, "an application write timed out waiting for the migration"
-    assert log.longest_write < LOCK_TIMEOUT_MS / 1000
     batch_seconds = summary["seconds"] / max(summary["batches"], 1)
     assert longest_lock[0] < max(0.5, 5 * batch_seconds), (
         f"the migration held row locks for {longest_lock[0]:.2f}s (a batch takes "
