@@ -478,6 +478,9 @@ def test_preflight_command(migration: Migration, capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert "ok   capabilities   the token may upgrade" in out
     assert migration.env["VAULT_TOKEN"] not in out
+    # a downgrade preflight checks what `alembic downgrade base` would roll back: apply it all
+    migration.upgrade("head")
+    capsys.readouterr()
     code = cli.main(["preflight", "--direction", "downgrade", "--vault-key", "gone", "--json"])
     assert code == 1
     doc = json.loads(capsys.readouterr().out)
