@@ -18,7 +18,12 @@
    trial-decrypted (a small sample) with the target scheme, so values a previous run already
    migrated do not count. PostgreSQL groups versions with a regular expression, SQLite with
    ``substr``/``instr``; other databases parse a sample in Python;
-7. the HMAC secret is set when a column in scope has a companion.
+7. the HMAC secret is set when a column in scope has a companion;
+8. (PostgreSQL) every table in scope shows all its rows to the current role: a table with
+   row-level security enabled is refused unless the role is a superuser, has ``BYPASSRLS``, or
+   owns the table and the table does not ``FORCE ROW LEVEL SECURITY``. Such a table is left out
+   of the data checks (6, 7), which could not see all of it either. The run, verify and these
+   checks read with ``row_security = off`` besides, so PostgreSQL raises rather than filters.
 
 A check that cannot run because an earlier one failed (no database, Vault unreachable, token
 invalid) is skipped, not reported twice. Nothing here reads or logs a value or a secret: only
@@ -201,6 +206,94 @@ def _scrub(text: str, url: sa.URL) -> str:
             for v in (value,) if isinstance(value, str) else value:
                 text = text.replace(v, "***")
     return text.splitlines()[0] if text else text
+
+
+# --------------------------------------------------------------------------------------------
+# row-level security
+# --------------------------------------------------------------------------------------------
+
+
+def disable_row_security(conn: sa.Connection) -> None:
+    """``row_security = off`` for the connection's current transaction (PostgreSQL).
+
+    A query on a table whose row-level security policies apply to the role then fails
+    ("query would be affected by row-level security policy") instead of silently returning
+    only the rows the policies let through. No effect for roles that bypass row security.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.set_config("row_security", "off", True)))
+
+
+def is_row_security_error(exc: BaseException) -> bool:
+    """Whether a database error is PostgreSQL refusing a query under ``row_security = off``."""
+    orig = getattr(exc, "orig", None) or exc
+    return type(orig).__name__ == "InsufficientPrivilege" and "row-level security" in str(orig)
+
+
+ROW_SECURITY_FIX: Final = (
+    "run as a role that sees every row: a superuser, a role with BYPASSRLS (as a superuser: "
+    "ALTER ROLE <role> BYPASSRLS), or the table's owner when the table does not FORCE ROW "
+    "LEVEL SECURITY; or disable row-level security on the table for the duration of the "
+    "migration (ALTER TABLE <table> DISABLE ROW LEVEL SECURITY)"
+)
+
+
+def row_security_blockers(conn: sa.Connection, tables: Sequence[str]) -> dict[str, str]:
+    """{table: why}: the tables whose rows the current role may not all see (PostgreSQL).
+
+    Row-level security applies to a role unless it is a superuser or has ``BYPASSRLS``, or owns
+    the table (directly or through a role it inherits) and the table does not force row
+    security on its owner. Policies are not evaluated: a table whose policies apply to the role
+    is refused even if they happen to show every row today.
+    """
+    if conn.dialect.name != "postgresql" or not tables:
+        return {}
+    stmt = sa.text(
+        "SELECT c.relrowsecurity, c.relforcerowsecurity, "
+        "pg_has_role(current_user, c.relowner, 'USAGE') AS owner, r.rolsuper, r.rolbypassrls, "
+        "current_user AS role "
+        "FROM pg_class c JOIN pg_roles r ON r.rolname = current_user "
+        "WHERE c.oid = to_regclass(:name)"
+    )
+    out: dict[str, str] = {}
+    for table in tables:
+        row = conn.execute(stmt, {"name": table}).first()
+        if row is None:
+            continue  # no such table: the data checks say so
+        enabled, forced, owner, superuser, bypass, role = row
+        if not enabled or superuser or bypass or (owner and not forced):
+            continue
+        if owner:
+            out[table] = (
+                f"row-level security is enabled and forced on {table} (FORCE ROW LEVEL "
+                f"SECURITY), so its policies apply to its owner {role!r} too"
+            )
+        else:
+            out[table] = (
+                f"row-level security is enabled on {table}, and role {role!r} is neither its "
+                "owner, a superuser, nor BYPASSRLS"
+            )
+    return out
+
+
+def check_row_security(report: PreflightReport, engine: Bind, tables: Sequence[str]) -> set[str]:
+    """Refuse the tables whose rows the role may not all see; returns them."""
+    with _connection(engine) as conn:
+        if conn.dialect.name != "postgresql":
+            return set()
+        blockers = row_security_blockers(conn, tables)
+    if not blockers:
+        report.add("row security", True, "the role sees every row of the tables in scope")
+        return set()
+    report.add(
+        "row security",
+        False,
+        "; ".join(blockers.values())
+        + ": PostgreSQL would hide rows from the migration and from verify, which would leave "
+        "them in the old scheme and still stamp the revision",
+        ROW_SECURITY_FIX,
+    )
+    return set(blockers)
 
 
 # --------------------------------------------------------------------------------------------
@@ -548,6 +641,7 @@ def check_hmac_sample(
     )
     bad: list[str] = []
     with _connection(engine) as conn:
+        disable_row_security(conn)
         inspector = sa.inspect(conn)
         for table in tables:
             if not inspector.has_table(table):
@@ -713,6 +807,7 @@ def check_versions(
     too_new = False
     missing = False
     with _connection(engine) as conn:
+        disable_row_security(conn)
         inspector = sa.inspect(conn)
         for table in tables:
             if not inspector.has_table(table):
@@ -856,15 +951,20 @@ def collect_preflight(
         check_capabilities(report, settings, transit, dname)
         old, new = check_keys(report, settings, transit, dname)
 
+    hidden: set[str] = set()
+    if db_ok and engine is not None and scope:
+        hidden = check_row_security(report, engine, scope)
+    readable = tuple(t for t in scope if t not in hidden)
+
     source = old if dname == "upgrade" else new
-    if scan_data and db_ok and engine is not None and scope and source is not None:
+    if scan_data and db_ok and engine is not None and readable and source is not None:
         check_versions(
             report,
             settings=settings,
             engine=engine,
             transit=transit,
             direction=dname,
-            tables=scope,
+            tables=readable,
             source=source,
         )
 
@@ -884,7 +984,7 @@ def collect_preflight(
             engine=engine,
             transit=transit,
             direction=dname,
-            tables=scope,
+            tables=readable,
         )
     return report
 

@@ -16,6 +16,11 @@ short read transaction: memory stays constant whatever the table size. ``sample=
 first N rows of each table by primary key (deterministic and repeatable; not a random
 ``TABLESAMPLE``), which also makes a quick check of a huge table cheap.
 
+Row-level security: a table whose policies apply to the role (PostgreSQL) is refused with
+:class:`VerifyError` (exit 2, "could not verify") rather than checked on the rows the policies
+let through; every read runs with ``row_security = off``, so PostgreSQL raises rather than
+filters even if the policies change while verify runs.
+
 Plaintexts exist only in memory, one page at a time, to be compared with their companion; the
 report holds counts and primary keys, never a value, a ciphertext or a secret.
 """
@@ -32,7 +37,13 @@ from typing import Any, Final, Literal
 import sqlalchemy as sa
 
 from app_models.errors import ContextEncryptionError
-from app_models.reencrypt import checkpoint_table
+from app_models.preflight import (
+    ROW_SECURITY_FIX,
+    disable_row_security,
+    is_row_security_error,
+    row_security_blockers,
+)
+from app_models.reencrypt import VERSION_TABLE, checkpoint_table
 from app_models.settings import Settings
 from app_models.tables import (
     ENCRYPTED_COLUMNS,
@@ -46,7 +57,6 @@ from app_models.transit import MAX_STRING_BYTES, DecryptRequest, TransitClient, 
 
 log = logging.getLogger("context_encryption")
 
-VERSION_TABLE: Final = "alembic_version_encryption"
 DEFAULT_BATCH: Final = 500
 DEFAULT_MAX_IDS: Final = 20
 VAULT_PREFIX: Final = "vault:"
@@ -214,6 +224,7 @@ def _in_progress(conn: sa.Connection) -> set[str]:
     """Tables with a checkpoint: a migration of theirs was interrupted (values are mixed)."""
     if not sa.inspect(conn).has_table(checkpoint_table.name):
         return set()
+    disable_row_security(conn)
     return {str(r[0]) for r in conn.execute(sa.select(checkpoint_table.c.table_name))}
 
 
@@ -367,14 +378,29 @@ def verify_table(
             result.exists = False
             conn.rollback()
             return result
+        hidden = row_security_blockers(conn, [table])
         conn.rollback()
+        if hidden:
+            raise VerifyError(
+                f"cannot verify {table}: {hidden[table]}, so PostgreSQL would hide rows from "
+                f"verify. Fix: {ROW_SECURITY_FIX}"
+            )
         while remaining is None or remaining > 0:
             limit = batch_size if remaining is None else min(batch_size, remaining)
             stmt = select.limit(limit)
             if last is not None:
                 stmt = stmt.where(t.c.id > last)
-            with conn.begin():
-                rows = conn.execute(stmt).all()
+            try:
+                with conn.begin():
+                    disable_row_security(conn)
+                    rows = conn.execute(stmt).all()
+            except sa.exc.DBAPIError as exc:
+                if not is_row_security_error(exc):
+                    raise
+                raise VerifyError(
+                    f"cannot verify {table}: a row-level security policy applies to this "
+                    f"role, so PostgreSQL would hide rows from verify. Fix: {ROW_SECURITY_FIX}"
+                ) from None
             if not rows:
                 break
             _check_page(

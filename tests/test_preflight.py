@@ -97,6 +97,7 @@ def test_all_checks_pass_and_report_says_what_it_found(migration: Migration) -> 
         "token",
         "capabilities",
         "keys",
+        "row security",
         "data versions",
         "hmac secret",
         "hmac sample",
