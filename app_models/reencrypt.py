@@ -18,6 +18,21 @@ One table at a time:
    crash loses at most the batches in flight and a re-run resumes after the last committed one.
    The checkpoint is removed in the revision's own transaction, together with Alembic's stamp.
 
+Which checkpoint a run may trust (see :func:`migrate_table` and :mod:`app_models.plan`): a
+checkpoint records the version stamp it was made under, and every change of the stamp (a
+revision applied or rolled back, ``alembic stamp``) marks the checkpoints left in the table
+stale (:func:`invalidate_checkpoints`, called by ``migrations/env.py`` in the stamp's own
+transaction). A run resumes after a checkpoint only when it is of the same revision and
+direction and not stale; a stale checkpoint, one of the other direction, or one written by an
+older version of this tool makes the run process the whole table from its first row (the
+classification of step 2 makes that safe: what is already in the target scheme is skipped).
+A checkpoint of a revision the command does not run stops the command before any work.
+
+Key identity: the target key's version is pinned once per run (:meth:`RunContext.pin`) together
+with a probe ciphertext made with it (:class:`PinnedKey`). Before each batch's write, and before
+a run resumes a checkpoint, the probe must still decrypt: a key recreated or restored from
+another backup under the same name and version stops the run before anything is written with it.
+
 Several batches are in flight at once (``-x workers``), each worker with its own database
 connection and Vault client, so Vault latency overlaps database work. Nothing here logs a value:
 rows are named by primary key only.
@@ -47,8 +62,10 @@ from app_models.errors import (
     MigrationAborted,
     PreflightError,
     RowError,
+    VaultRequestError,
     database_error_message,
 )
+from app_models.preflight import disable_row_security, is_row_security_error
 from app_models.progress import Progress, estimate_rows
 from app_models.settings import Settings
 from app_models.tables import context_string
@@ -74,6 +91,11 @@ TRANSIENT_DB_ERRORS: Final = frozenset(
 )
 VAULT_PREFIX: Final = "vault:"
 
+#: Alembic's version table (``version_table`` in alembic.ini).
+VERSION_TABLE: Final = "alembic_version_encryption"
+#: How a checkpoint records "no revision applied".
+BASE_STAMP: Final = "base"
+
 checkpoint_metadata = sa.MetaData()
 checkpoint_table = sa.Table(
     "context_encryption_checkpoint",
@@ -88,17 +110,37 @@ checkpoint_table = sa.Table(
     sa.Column("source_key", sa.Text, nullable=True),
     sa.Column("target_key", sa.Text, nullable=True),
     sa.Column("target_version", sa.Integer, nullable=True),
+    # the version stamp the checkpoint was made under; NULL once the stamp changed since (or
+    # made by an older version of this tool): such a checkpoint is never resumed
+    sa.Column("stamp", sa.Text, nullable=True),
+    # the probe ciphertext of the pinned target key version (see PinnedKey)
+    sa.Column("key_fingerprint", sa.Text, nullable=True),
 )
+#: Columns added after the first release; created (nullable) on a table that lacks them.
+ADDED_CHECKPOINT_COLUMNS: Final = ("stamp", "key_fingerprint")
 
 
 @dataclass(frozen=True)
 class Checkpoint:
     """A stopped run's progress: resume after ``last_pk`` (None: before the first row)."""
 
+    revision: str
+    direction: str
+    table_name: str
     last_pk: str | None
-    source_key: str | None
-    target_key: str | None
-    target_version: int | None
+    source_key: str | None = None
+    target_key: str | None = None
+    target_version: int | None = None
+    stamp: str | None = None
+    key_fingerprint: str | None = None
+
+    def position(self) -> str:
+        return f"after id={self.last_pk}" if self.last_pk is not None else "before its first batch"
+
+    @property
+    def run(self) -> str:
+        """``an upgrade`` or ``a downgrade``: the stopped run, for messages."""
+        return "an upgrade" if self.direction == Direction.UPGRADE.value else "a downgrade"
 
 
 class Direction(enum.Enum):
@@ -312,14 +354,109 @@ class _Row:
 TransitFactory = Callable[[], TransitClient]
 
 
+# --------------------------------------------------------------------------------------------
+# key identity: the pinned target key version and its fingerprint
+# --------------------------------------------------------------------------------------------
+
+#: A fixed, public plaintext encrypted at pin time; its ciphertext identifies the key material.
+PROBE_PLAINTEXT: Final = "context-encryption key identity probe v1"
+#: The context of the probe with a derived key: no ``<table>.<column>`` of the chain.
+PROBE_CONTEXT: Final = "context-encryption key identity probe"
+PROBE_B64: Final = base64.b64encode(PROBE_PLAINTEXT.encode("utf-8")).decode("ascii")
+
+
+class KeyIdentityError(ContextEncryptionError):
+    """The pinned target key version no longer has the material it had when it was pinned."""
+
+
+@dataclass(frozen=True)
+class PinnedKey:
+    """The target key version a run encrypts with, and the probe that identifies its material.
+
+    Transit knows a key by name and version only; a key deleted and created again, or restored
+    from another backup, has the same name and version and other material. ``probe`` is the
+    ciphertext of :data:`PROBE_PLAINTEXT` made with this version when it was pinned; as long as
+    it decrypts to the probe, the version has the same material (AES-GCM authenticates it).
+    For the convergent key the probe is deterministic; for the old key it is random, which is
+    why the check decrypts rather than compares.
+    """
+
+    key: str
+    version: int
+    contextual: bool
+    probe: str
+
+    def problem(self, transit: TransitClient) -> str | None:
+        """None when the version still has the pinned material; else what Vault said."""
+        context = PROBE_CONTEXT if self.contextual else None
+        try:
+            [res] = transit.decrypt_batch(self.key, [DecryptRequest(self.probe, context)])
+        except VaultRequestError as exc:
+            return str(exc)
+        if res.error is not None:
+            return f"Vault says {res.error!r}"
+        if res.value != PROBE_B64:
+            return "the probe decrypts to another plaintext"
+        return None
+
+
+def make_pin(transit: TransitClient, target: Scheme, version: int) -> PinnedKey:
+    """Pin ``version`` of the target key: encrypt the probe with it (one small request)."""
+    context = PROBE_CONTEXT if target.contextual else None
+    [res] = transit.encrypt_batch(
+        target.key, [EncryptRequest(PROBE_B64, context)], key_version=version
+    )
+    if res.error is not None or not res.value or not res.value.startswith(VAULT_PREFIX):
+        raise PreflightError(
+            f"cannot encrypt with key {target.key!r} version {version}: Vault says "
+            f"{res.error!r}; check the key's min_encryption_version and the token's policy"
+        )
+    return PinnedKey(target.key, version, target.contextual, res.value)
+
+
+def _key_changed(
+    pin: PinnedKey, mount: str, what: str, problem: str, consequence: str
+) -> KeyIdentityError:
+    return KeyIdentityError(
+        f"{what}: key {pin.key!r} version {pin.version} on mount {mount!r} no longer has the "
+        "key material it had when it was pinned (a probe ciphertext made with it then does not "
+        f"decrypt now: {problem}). The key was deleted and created again, or restored from "
+        f"another backup, under the same name. {consequence} Restore the key from the backup "
+        f"taken before the migration (vault write {mount}/restore/{pin.key} "
+        "backup=@<backup file>; a wrong key of that name must be deleted first), then run the "
+        "same command again; it resumes from its checkpoint"
+    )
+
+
 @dataclass
 class RunContext:
-    """What a revision's run needs besides the table: settings, Vault clients, a sink."""
+    """What a revision's run needs besides the table: settings, Vault clients, a sink.
+
+    One per ``alembic`` command: the target key's version is pinned once for the whole run
+    (:meth:`pin`), so a rotation while it runs, even between tables, does not change it.
+    """
 
     settings: Settings
     transit_factory: TransitFactory
     on_summary: Callable[[TableSummary], None] = lambda _s: None
     progress_interval: float = 5.0
+    _pins: dict[str, PinnedKey] = field(default_factory=dict, repr=False)
+    _pin_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def pin(self, transit: TransitClient, target: Scheme, direction: Direction) -> PinnedKey:
+        """The run's pinned version of the target key (read and probed at its first use)."""
+        with self._pin_lock:
+            pinned = self._pins.get(target.key)
+            if pinned is None:
+                version = pin_target_version(transit, target, direction)
+                pinned = make_pin(transit, target, version)
+                self._pins[target.key] = pinned
+                log.info(
+                    "key %r: version %d pinned for this run (with a fingerprint of its material)",
+                    target.key,
+                    version,
+                )
+            return pinned
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,11 +624,20 @@ def process_rows(
             key_version=target_version,
         )
         for (row, col, _encoded, outcome), res in zip(checked, results, strict=True):
-            if res.error is None and res.value and res.value.startswith(VAULT_PREFIX):
+            if res.error is not None or not res.value or not res.value.startswith(VAULT_PREFIX):
+                fail(row, col.name, f"Vault could not encrypt it: {res.error!r}")
+            elif len(res.value) > MAX_STRING_BYTES:
+                # Vault refuses JSON strings over 1 MiB: it could never decrypt this again
+                fail(
+                    row,
+                    col.name,
+                    f"its new ciphertext would be {len(res.value):,} characters, over Vault's "
+                    f"1 MiB ({MAX_STRING_BYTES:,}) string limit: Vault could not decrypt it "
+                    "again, so it was left as it is",
+                )
+            else:
                 row.new[col.name] = res.value
                 row.outcomes[col.name] = outcome
-            else:
-                fail(row, col.name, f"Vault could not encrypt it: {res.error!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -586,6 +732,11 @@ class _Db:
         return done
 
     def set_timeouts(self, conn: sa.Connection, settings: Settings) -> None:
+        """The batch's timeouts, and ``row_security = off``, for the current transaction.
+
+        With ``row_security`` off, PostgreSQL raises instead of silently hiding the rows a
+        row-level security policy would filter: the run reads and writes every row or stops.
+        """
         if self.postgres:
             conn.execute(
                 sa.select(
@@ -593,6 +744,7 @@ class _Db:
                     sa.func.set_config(
                         "statement_timeout", f"{settings.statement_timeout_ms}ms", True
                     ),
+                    sa.func.set_config("row_security", "off", True),
                 )
             )
 
@@ -617,26 +769,83 @@ def pk_from_text(text: str, pk_column: sa.ColumnElement[Any]) -> Any:
 
 
 def ensure_checkpoint_table(engine: sa.Engine) -> None:
+    """Create the checkpoint table, or add the columns an older version of it lacks."""
     with engine.begin() as conn:
         checkpoint_table.create(conn, checkfirst=True)
+        have = {c["name"] for c in sa.inspect(conn).get_columns(checkpoint_table.name)}
+        for name in ADDED_CHECKPOINT_COLUMNS:
+            if name not in have:
+                # constant identifiers; nullable, so existing rows read as "not trusted"
+                conn.execute(sa.text(f"ALTER TABLE {checkpoint_table.name} ADD COLUMN {name} TEXT"))
 
 
-def read_checkpoint(conn: sa.Connection, revision: str, direction: Direction) -> Checkpoint | None:
+def stamp_text(heads: Sequence[str] | None) -> str:
+    """The version stamp as a checkpoint records it: the revision, or ``base``."""
+    return ",".join(sorted(heads)) if heads else BASE_STAMP
+
+
+def read_stamp(conn: sa.Connection) -> str:
+    """The current version stamp (:func:`stamp_text`), read from Alembic's version table."""
+    if not sa.inspect(conn).has_table(VERSION_TABLE):
+        return BASE_STAMP
+    version = sa.table(VERSION_TABLE, sa.column("version_num", sa.String))
+    return stamp_text([str(v) for (v,) in conn.execute(sa.select(version.c.version_num))])
+
+
+def read_checkpoints(conn: sa.Connection) -> list[Checkpoint]:
+    """Every checkpoint row, oldest revision first; columns a table of an older version of this
+    tool lacks read as None (such a checkpoint is never resumed)."""
     if not sa.inspect(conn).has_table(checkpoint_table.name):
-        return None
-    c = checkpoint_table.c
-    row = conn.execute(
-        sa.select(c.last_pk, c.source_key, c.target_key, c.target_version).where(
-            c.revision == revision, c.direction == direction.value
+        return []
+    have = {c["name"] for c in sa.inspect(conn).get_columns(checkpoint_table.name)}
+    names = [c.name for c in checkpoint_table.c if c.name in have]
+    rows = conn.execute(
+        sa.select(*(checkpoint_table.c[n] for n in names)).order_by(
+            checkpoint_table.c.revision, checkpoint_table.c.direction
         )
-    ).first()
-    return None if row is None else Checkpoint(*row)
+    )
+    out = []
+    for row in rows:
+        m = dict(zip(names, row, strict=True))
+        out.append(
+            Checkpoint(
+                revision=str(m["revision"]),
+                direction=str(m["direction"]),
+                table_name=str(m["table_name"]),
+                last_pk=m.get("last_pk"),
+                source_key=m.get("source_key"),
+                target_key=m.get("target_key"),
+                target_version=m.get("target_version"),
+                stamp=m.get("stamp"),
+                key_fingerprint=m.get("key_fingerprint"),
+            )
+        )
+    return out
 
 
 def clear_checkpoints(conn: sa.Connection, revision: str) -> None:
     """Forget every checkpoint of ``revision`` (both directions), on the caller's transaction."""
     if sa.inspect(conn).has_table(checkpoint_table.name):
         conn.execute(sa.delete(checkpoint_table).where(checkpoint_table.c.revision == revision))
+
+
+def invalidate_checkpoints(conn: sa.Connection) -> list[Checkpoint]:
+    """The version stamp changed: no checkpoint left may be resumed any more.
+
+    Called in the transaction that changes the stamp (``migrations/env.py``, Alembic's
+    ``on_version_apply``), for applied and rolled-back revisions and for ``alembic stamp``. A
+    checkpoint keeps its row (so a command that does not run its revision still refuses to
+    start: its table is half-migrated) but loses its stamp, so the next run of its revision
+    processes the whole table from its first row. Returns the checkpoints left.
+    """
+    left = read_checkpoints(conn)
+    if left and "stamp" in {c["name"] for c in sa.inspect(conn).get_columns(checkpoint_table.name)}:
+        conn.execute(
+            sa.update(checkpoint_table)
+            .where(checkpoint_table.c.stamp.is_not(None))
+            .values(stamp=None)
+        )
+    return left
 
 
 class _Checkpointer:
@@ -655,19 +864,23 @@ class _Checkpointer:
         self.source_key: str | None = None
         self.target_key: str | None = None
         self.target_version: int | None = None
+        self.key_fingerprint: str | None = None
+        #: the version stamp the run works under (None: the checkpoint is never resumed)
+        self.stamp: str | None = None
         self._lock = threading.Lock()
         self._done: set[int] = set()
         self._contiguous = -1  # highest seq s such that 0..s are all committed
         self._last_pk: dict[int, str] = {}
 
     def start(self, conn: sa.Connection, resumed: Checkpoint | None) -> None:
+        """Record this run's checkpoint: continue ``resumed``, or start the table afresh.
+
+        Starting afresh replaces every checkpoint of the revision, of either direction: this
+        run processes the whole table, so none of them says anything true any more.
+        """
         c = checkpoint_table.c
-        conn.execute(
-            sa.delete(checkpoint_table).where(
-                c.revision == self.revision, c.direction == self.direction.opposite.value
-            )
-        )
         if resumed is None:
+            conn.execute(sa.delete(checkpoint_table).where(c.revision == self.revision))
             conn.execute(
                 sa.insert(checkpoint_table).values(
                     revision=self.revision,
@@ -679,14 +892,25 @@ class _Checkpointer:
                     source_key=self.source_key,
                     target_key=self.target_key,
                     target_version=self.target_version,
+                    stamp=self.stamp,
+                    key_fingerprint=self.key_fingerprint,
                 )
             )
-        else:
-            conn.execute(
-                sa.update(checkpoint_table)
-                .where(c.revision == self.revision, c.direction == self.direction.value)
-                .values(batch_seq=-1, updated_at=sa.func.now())
+            return
+        conn.execute(
+            sa.delete(checkpoint_table).where(
+                c.revision == self.revision, c.direction == self.direction.opposite.value
             )
+        )
+        conn.execute(
+            sa.update(checkpoint_table)
+            .where(c.revision == self.revision, c.direction == self.direction.value)
+            .values(
+                batch_seq=-1,
+                updated_at=sa.func.now(),
+                key_fingerprint=sa.func.coalesce(c.key_fingerprint, self.key_fingerprint),
+            )
+        )
 
     def register(self, seq: int, last_pk: Any) -> None:
         with self._lock:
@@ -836,8 +1060,20 @@ def _aborted(summary: TableSummary) -> MigrationAborted:
     )
 
 
+def _database_message(exc: BaseException, table: str) -> str:
+    if is_row_security_error(exc):
+        return (
+            f"{table}: PostgreSQL refused to read or write it because a row-level security "
+            "policy applies to this role (the run sets row_security = off so that no row is "
+            "silently hidden from it). Nothing of the batch in progress was written and the "
+            "revision was not stamped. Run as a role that sees every row (BYPASSRLS, or the "
+            "table's owner without FORCE ROW LEVEL SECURITY), then run the same command again"
+        )
+    return database_error_message(exc, table)
+
+
 def pin_target_version(transit: TransitClient, target: Scheme, direction: Direction) -> int:
-    """Read the target key once; its latest version is used for every encryption of the run."""
+    """Read the target key; its latest version is the one :meth:`RunContext.pin` pins."""
     mount = transit.mount
     info = transit.read_key(target.key)
     if info is None:
@@ -895,40 +1131,45 @@ class _TableRun:
         self.checkpointer = _Checkpointer(revision, direction, spec.name)
         self.stop = threading.Event()
         self.abort = run.settings.on_error == "abort"
-        self.target_version = 0
+        self.pin: PinnedKey | None = None  # the target key version this table encrypts with
         # SQLite (the embedded demo) has one writer at a time.
         self.n_workers = 1 if engine.dialect.name == "sqlite" else run.settings.workers
+
+    @property
+    def target_version(self) -> int:
+        return self.pin.version if self.pin is not None else 0
 
     def execute(self) -> None:
         started = time.monotonic()
         try:
-            self.target_version = pin_target_version(
-                self.workers.get()[1], self.target, self.direction
-            )
-            self.summary.target_key_version = self.target_version
-            last_pk = self._resume_point()
+            transit = self.workers.get()[1]
+            self.pin = self.run.pin(transit, self.target, self.direction)
+            self.summary.target_key_version = self.pin.version
+            last_pk = self._resume_point(transit)
             self._run_batches(last_pk)
         finally:
             self.summary.vault_requests = self.workers.vault_requests()
             self.workers.close()
             self.summary.seconds = time.monotonic() - started
 
-    def _resume_point(self) -> Any:
-        """Where a stopped run left off; the key version it pinned is kept for this run."""
+    def _resume_point(self, transit: TransitClient) -> Any:
+        """Where this run starts: after a checkpoint it may trust, else at the first row."""
         resumed: Checkpoint | None
         if self.settings.dry_run:
             with self.engine.connect() as conn:
-                resumed = read_checkpoint(conn, self.revision, self.direction)
-            self._check_resume(resumed)
+                disable_row_security(conn)
+                resumed = self._decide(conn, transit)
         else:
             ensure_checkpoint_table(self.engine)
             with self.engine.begin() as conn:
-                resumed = read_checkpoint(conn, self.revision, self.direction)
-                self._check_resume(resumed)
-                self.checkpointer.source_key = self.source.key
-                self.checkpointer.target_key = self.target.key
-                self.checkpointer.target_version = self.target_version
-                self.checkpointer.start(conn, resumed)
+                disable_row_security(conn)
+                resumed = self._decide(conn, transit)
+                assert self.pin is not None
+                cp = self.checkpointer
+                cp.source_key, cp.target_key = self.source.key, self.target.key
+                cp.target_version, cp.key_fingerprint = self.pin.version, self.pin.probe
+                cp.stamp = read_stamp(conn)
+                cp.start(conn, resumed)
         if resumed is None or resumed.last_pk is None:
             return None
         self.summary.resumed_after = resumed.last_pk
@@ -940,8 +1181,56 @@ class _TableRun:
         )
         return pk_from_text(resumed.last_pk, self.db.pk)
 
-    def _check_resume(self, resumed: Checkpoint | None) -> None:
-        if resumed is None or resumed.target_key is None:
+    def _decide(self, conn: sa.Connection, transit: TransitClient) -> Checkpoint | None:
+        """The checkpoint to resume after, or None to process the whole table.
+
+        Only a checkpoint of this revision and direction, made under the current version stamp
+        and not invalidated by a stamp change since, is resumed. Its key version is kept, and
+        its key material checked, even when it is not resumed: values it wrote are in it.
+        """
+        name, direction = self.spec.name, self.direction.value
+        stamp = read_stamp(conn)
+        found = {c.direction: c for c in read_checkpoints(conn) if c.revision == self.revision}
+        other = found.get(self.direction.opposite.value)
+        same = found.get(direction)
+        if other is not None:
+            log.warning(
+                "%s: %s of %s stopped %s and was not finished; this %s processes the whole "
+                "table from its first row (values already in the target scheme are recognised "
+                "and skipped)",
+                name,
+                other.run,
+                self.revision,
+                other.position(),
+                direction,
+            )
+        if same is None:
+            return None
+        self._check_keys(same)
+        if same.target_key == self.target.key and same.target_version is not None:
+            self._adopt_pin(same, transit)
+        if same.stamp is not None and same.stamp == stamp:
+            return same
+        if same.stamp is None:
+            why = (
+                "the version stamp changed since it was made (a revision applied or rolled "
+                "back, or alembic stamp), or an older version of this tool made it"
+            )
+        else:
+            why = f"it was made at stamp {same.stamp}, and the stamp is now {stamp}"
+        log.warning(
+            "%s: not resuming the %s of %s that stopped %s: %s. Values may have been written "
+            "behind it since, so this run processes the whole table from its first row",
+            name,
+            direction,
+            self.revision,
+            same.position(),
+            why,
+        )
+        return None
+
+    def _check_keys(self, resumed: Checkpoint) -> None:
+        if resumed.target_key is None:
             return
         if (resumed.source_key, resumed.target_key) != (self.source.key, self.target.key):
             raise PreflightError(
@@ -950,17 +1239,56 @@ class _TableRun:
                 f"{self.source.key!r} -> {self.target.key!r}. Finish it with the same keys "
                 "(VAULT_OLD_KEY / VAULT_NEW_KEY), so the column is not split between keys"
             )
-        if resumed.target_version is not None and resumed.target_version != self.target_version:
+
+    def _adopt_pin(self, stopped: Checkpoint, transit: TransitClient) -> None:
+        """Encrypt with the key version the stopped run used, after checking its material."""
+        assert self.pin is not None
+        assert stopped.target_version is not None
+        version = stopped.target_version
+        if stopped.key_fingerprint is not None:
+            pin = PinnedKey(
+                self.target.key, version, self.target.contextual, stopped.key_fingerprint
+            )
+            problem = pin.problem(transit)
+            if problem is not None:
+                raise _key_changed(
+                    pin,
+                    transit.mount,
+                    f"{self.spec.name}: {stopped.run} of {self.revision} stopped "
+                    f"{stopped.position()}; nothing was done",
+                    problem,
+                    "The values that run wrote were encrypted with the earlier material and "
+                    "cannot be decrypted with the key as it is now.",
+                )
+        elif version == self.pin.version:
+            pin = self.pin
+        else:
+            pin = make_pin(transit, self.target, version)
+        if version != self.pin.version:
             log.info(
-                "%s: resuming with key %r version %d, as pinned by the stopped run (latest is "
-                "%d), so the column is not split between versions",
+                "%s: encrypting with key %r version %d, as pinned by the stopped run (the run "
+                "pinned %d), so the column is not split between versions",
                 self.spec.name,
                 self.target.key,
-                resumed.target_version,
-                self.target_version,
+                version,
+                self.pin.version,
             )
-            self.target_version = resumed.target_version
-            self.summary.target_key_version = resumed.target_version
+        self.pin = pin
+        self.summary.target_key_version = version
+
+    def _check_key(self, transit: TransitClient, seq: int) -> None:
+        """Before a batch's write: the pinned key version still has the pinned material."""
+        assert self.pin is not None
+        problem = self.pin.problem(transit)
+        if problem is not None:
+            raise _key_changed(
+                self.pin,
+                transit.mount,
+                f"{self.spec.name}: the run stopped before writing batch {seq}",
+                problem,
+                "Nothing encrypted with the replaced material was written: every batch is "
+                "checked before its write.",
+            )
 
     def _read_batches(self, last_pk: Any) -> Generator[list[_Row], None, None]:
         """Keyset paging on one connection, each page in its own short transaction."""
@@ -1031,7 +1359,7 @@ class _TableRun:
         if isinstance(error, ContextEncryptionError):
             raise error
         if isinstance(error, sa.exc.DBAPIError):
-            raise ContextEncryptionError(database_error_message(error, self.spec.name)) from None
+            raise ContextEncryptionError(_database_message(error, self.spec.name)) from None
         raise error
 
     def _count(self, result: BatchResult, rows: Sequence[_Row], sign: int = 1) -> None:
@@ -1076,6 +1404,8 @@ class _TableRun:
                 return result
             self._count(result, pending)
             writes = [r for r in pending if not r.errors and r.new]
+            if writes:
+                self._check_key(transit, seq)
             written, lost = self._write(conn, seq, writes, clean=not result.errors)
             result.rows_written += len(written)
             if not lost:

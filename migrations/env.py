@@ -7,29 +7,41 @@ Engine) through ``config.attributes["connection"]``; otherwise an engine is buil
 ``DATABASE_URL`` / ``-x db``. Each revision runs in its own transaction
 (``transaction_per_migration``); a dry run runs them all in one transaction that is rolled
 back, so nothing is stamped.
+
+Checkpoints and the stamp: before any work, an ``upgrade``/``downgrade`` (live or dry run, even
+one with nothing to do) refuses to start while a table outside the revisions it runs holds a
+stopped run's checkpoint (:func:`app_models.plan.check_checkpoints`). Every change of the stamp
+by a live command, ``alembic stamp`` included, marks the checkpoints left stale in the stamp's
+own transaction (Alembic's ``on_version_apply``), so that no later run resumes one of them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Collection, Mapping
 from logging.config import fileConfig
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import context
+from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.util import CommandError
 
 from app_models import logsafety
 from app_models.errors import ContextEncryptionError, database_error_message
 from app_models.migration import RUNTIME_KEY, TRANSIT_FACTORY_KEY, single_run
-from app_models.plan import check_table_filter, plan
-from app_models.preflight import require_database, run_preflight
-from app_models.reencrypt import RunContext
+from app_models.plan import check_checkpoints, check_table_filter, is_stamp, plan
+from app_models.preflight import disable_row_security, require_database, run_preflight
+from app_models.reencrypt import (
+    VERSION_TABLE,
+    RunContext,
+    invalidate_checkpoints,
+    read_checkpoints,
+)
 from app_models.report import RunReport
 from app_models.settings import Settings, load_settings
 from app_models.transit import RequestLimits, TokenKeeper, TransitClient
-
-VERSION_TABLE = "alembic_version_encryption"
 
 config = context.config
 
@@ -55,10 +67,42 @@ def _settings() -> Settings:
         raise CommandError(str(exc)) from None
 
 
+def _on_version_apply(
+    ctx: MigrationContext,
+    step: MigrationInfo,
+    heads: Collection[Any],  # noqa: ARG001 (Alembic's callback signature)
+    run_args: Mapping[str, Any],  # noqa: ARG001
+) -> None:
+    """The stamp changed (in its own transaction): no checkpoint left may be resumed."""
+    assert ctx.connection is not None
+    left = invalidate_checkpoints(ctx.connection)
+    if step.is_stamp:
+        for cp in left:
+            log.warning(
+                "stamp: %s (%s) keeps the checkpoint of %s that stopped %s; it will not be "
+                "resumed: a run of %s processes the whole table from its first row, and other "
+                "commands refuse to start until one has",
+                cp.table_name,
+                cp.revision,
+                cp.run,
+                cp.position(),
+                cp.revision,
+            )
+
+
 def _before_first_row(settings: Settings, connection: sa.Connection) -> None:
     """Checks that need Alembic's plan; they run before any revision touches a row."""
-    steps = plan(context.get_context())
+    mc = context.get_context()
+    if is_stamp(mc):
+        return
+    steps = plan(mc)
     check_table_filter(settings, steps)
+    # on a connection of its own: Alembic's may be in a caller's transaction, which must not
+    # hold a lock on the checkpoint table while the engine adds missing columns to it
+    with connection.engine.connect() as own:
+        disable_row_security(own)
+        stopped = read_checkpoints(own)
+    check_checkpoints(steps, stopped, mc.get_current_heads())
     if steps:
         log.info(
             "%s%s: %s",
@@ -84,6 +128,7 @@ def _run(connection: sa.Connection, settings: Settings) -> None:
         # One outer transaction, rolled back at the end: no version stamp, no checkpoint.
         outer = connection.begin_nested() if connection.in_transaction() else connection.begin()
         try:
+            # no on_version_apply: nothing is really stamped, so no checkpoint goes stale
             context.configure(connection=connection, version_table=VERSION_TABLE)
             _before_first_row(settings, connection)
             context.run_migrations()
@@ -95,6 +140,7 @@ def _run(connection: sa.Connection, settings: Settings) -> None:
         connection=connection,
         version_table=VERSION_TABLE,
         transaction_per_migration=True,
+        on_version_apply=_on_version_apply,
     )
     migration_context = context.get_context()
     if migration_context.opts.get("dont_mutate"):  # `alembic current`: read only, no run
