@@ -479,8 +479,9 @@ class TransitClient:
             if not self._token_valid():
                 raise VaultRequestError(
                     f"Vault answered 'permission denied' to {what}: the token is no longer "
-                    "valid (expired or revoked). The run stopped cleanly; set VAULT_TOKEN to a "
-                    "valid token and run the same command again to resume"
+                    "valid (expired or revoked), or its policy lacks read on "
+                    "auth/token/lookup-self (README, 'Vault policy'). The run stopped cleanly; "
+                    "set VAULT_TOKEN to a valid token and run the same command again to resume"
                 ) from None
             policy = (
                 f" The token's policy needs:\n  {needs}"
@@ -503,7 +504,8 @@ class TransitClient:
             ) from None
 
     def _token_valid(self) -> bool:
-        """After a 403: does the token itself still work (lookup-self is in every policy)?"""
+        """After a 403: does the token itself still work? (A token whose policy lacks
+        lookup-self cannot tell: OpenBao answers it the same 403 as a revoked token.)"""
         try:
             self._client.auth.token.lookup_self()
         except hvac.exceptions.Forbidden:
