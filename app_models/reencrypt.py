@@ -417,6 +417,14 @@ def make_pin(transit: TransitClient, target: Scheme, version: int) -> PinnedKey:
 def _key_changed(
     pin: PinnedKey, mount: str, what: str, problem: str, consequence: str
 ) -> KeyIdentityError:
+    if TOO_OLD in problem:  # the material may be intact; the key's policy changed
+        return KeyIdentityError(
+            f"{what}: key {pin.key!r} version {pin.version} on mount {mount!r} is now below "
+            f"the key's min_decryption_version ({problem}), so values encrypted with it could "
+            f"not be read back. {consequence} Lower it again (vault write "
+            f"{mount}/keys/{pin.key}/config min_decryption_version={pin.version}), then run "
+            "the same command again"
+        )
     return KeyIdentityError(
         f"{what}: key {pin.key!r} version {pin.version} on mount {mount!r} no longer has the "
         "key material it had when it was pinned (a probe ciphertext made with it then does not "
