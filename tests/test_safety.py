@@ -320,6 +320,35 @@ def test_c_a_checkpoint_older_than_the_last_stamp_change_is_not_resumed(
     no_leak(m, data, p.stdout, p.stderr)
 
 
+def test_a_stale_checkpoint_still_keeps_its_key_version(migration: Migration) -> None:
+    """Not resumed, but its table holds values at its version: the whole-table pass keeps it."""
+    m = migration
+    data = seed_tables(m, {"invitations": 60})
+    ok(cli(m, "upgrade", "0001_users"))
+    inv = metadata.tables["invitations"]
+    bad = sorted(data["invitations"])[30]
+    right = read_table(m.engine, "invitations")[bad]["email_hmac"]
+    with m.engine.begin() as conn:  # stops the run (on-error=abort) after the first batch
+        conn.execute(sa.update(inv).where(inv.c.id == bad).values(email_hmac="0" * 64))
+    refused(cli(m, "-x", BATCH, "-x", ONE_WORKER, "upgrade", "0002_invitations"))
+    m.vault.client.secrets.transit.rotate_key(name=NEW_KEY, mount_point=m.vault.mount)
+    ok(cli(m, "stamp", "base"))  # a stamp change: the checkpoint goes stale
+    with m.engine.begin() as conn:
+        conn.execute(sa.update(inv).where(inv.c.id == bad).values(email_hmac=right))
+    p = ok(cli(m, "-x", BATCH, "upgrade", "0002_invitations"))
+    assert "not resuming the upgrade of 0002_invitations" in p.stderr
+    assert "encrypting with key 'pos-context-key' version 1, as pinned by the stopped run" in (
+        p.stderr
+    )
+    stored = read_table(m.engine, "invitations")
+    versions = {v.split(":")[1] for r in stored.values() for v in (r["email"], r["token"]) if v}
+    assert versions == {"v1"}
+    assert set(map(frozenset, schemes_of(m, "invitations", data["invitations"]).values())) <= {
+        frozenset({"new"}),
+        frozenset(),
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # 2. row-level security
 # --------------------------------------------------------------------------------------------
