@@ -11,7 +11,8 @@ names the cause and the command that resolves it, with nothing written in the wr
    (b) a stopped upgrade of a table a downgrade does not include: refused, finished or undone;
    (c) a checkpoint older than the last stamp change (``alembic stamp``, or one an older version
        of the tool left) is not resumed: the table is processed again from its first row, so
-       values written behind the checkpoint meanwhile are migrated too.
+       values written behind the checkpoint meanwhile are migrated too; such a checkpoint still
+       keeps its key version, so a rotation in between does not split the column.
 2. Row-level security: a role the policies apply to is refused by the preflight and by verify;
    policies enabled while a run goes stop it (``row_security = off``) instead of hiding rows.
 3. Key identity: a key recreated under the same name and version (during an outage, or between
