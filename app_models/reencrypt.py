@@ -51,7 +51,7 @@ import uuid
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
@@ -140,15 +140,23 @@ class Checkpoint:
     @property
     def run(self) -> str:
         """``an upgrade`` or ``a downgrade``: the stopped run, for messages."""
-        return "an upgrade" if self.direction == Direction.UPGRADE.value else "a downgrade"
+        return {
+            Direction.UPGRADE.value: "an upgrade",
+            Direction.DOWNGRADE.value: "a downgrade",
+        }.get(self.direction, "a rewrap")
 
 
 class Direction(enum.Enum):
     UPGRADE = "upgrade"
     DOWNGRADE = "downgrade"
+    #: ``context-encryption rewrap``: new scheme to new scheme, onto one key version
+    REWRAP = "rewrap"
 
     @property
     def opposite(self) -> Direction:
+        """The direction that undoes this one (a rewrap has none: itself)."""
+        if self is Direction.REWRAP:
+            return self
         return Direction.DOWNGRADE if self is Direction.UPGRADE else Direction.UPGRADE
 
 
@@ -204,9 +212,11 @@ class Scheme:
     def context(self, table: str, column: str) -> str | None:
         return context_string(table, column) if self.contextual else None
 
-    def describe(self) -> str:
+    def describe(self, table: str, column: str) -> str:
+        """The key and the real context of one column, e.g. ``key 'k' with context users.email``."""
+        context = self.context(table, column)
         return f"key {self.key!r} " + (
-            "with context <table>.<column>" if self.contextual else "without context"
+            f"with context {context}" if context is not None else "without context"
         )
 
 
@@ -214,6 +224,8 @@ def schemes(settings: Settings, direction: Direction) -> tuple[Scheme, Scheme]:
     """(source, target) for a direction."""
     old = Scheme(settings.old_key, contextual=False)
     new = Scheme(settings.new_key, contextual=True)
+    if direction is Direction.REWRAP:
+        return new, new
     return (old, new) if direction is Direction.UPGRADE else (new, old)
 
 
@@ -309,7 +321,8 @@ class TableSummary:
                 + (f" ({c.plaintext_encrypted} encrypted)" if c.plaintext_encrypted else "")
                 + f", failed {c.failed}"
                 + (
-                    f", left with a failed row {c.left_with_failed_row}"
+                    f", kept unchanged {c.left_with_failed_row} (readable, but another column of "
+                    "the same row failed)"
                     if c.left_with_failed_row
                     else ""
                 )
@@ -352,6 +365,24 @@ class _Row:
 
 
 TransitFactory = Callable[[], TransitClient]
+
+
+class RowProcessor(Protocol):
+    """What a batch does to its rows before the compare-and-swap write (:func:`process_rows`
+    for the migration). It fills each row's ``new`` (column -> ciphertext to write),
+    ``outcomes`` and ``errors`` in place, and never touches the database."""
+
+    def __call__(
+        self,
+        rows: Sequence[_Row],
+        spec: TableSpec,
+        *,
+        source: Scheme,
+        target: Scheme,
+        target_version: int,
+        settings: Settings,
+        transit: TransitClient,
+    ) -> None: ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -466,33 +497,48 @@ class RunContext:
                 )
             return pinned
 
+    def pin_version(self, transit: TransitClient, target: Scheme, version: int) -> PinnedKey:
+        """Pin ``version`` of the target key for this run (a rewrap's ``--to-version``)."""
+        with self._pin_lock:
+            pinned = make_pin(transit, target, version)
+            self._pins[target.key] = pinned
+            log.info(
+                "key %r: version %d pinned for this run (with a fingerprint of its material)",
+                target.key,
+                version,
+            )
+            return pinned
+
 
 # --------------------------------------------------------------------------------------------
 # classification and re-encryption of one batch (no database access)
 # --------------------------------------------------------------------------------------------
 
 
-def _explain(source_error: str, target_error: str, source: Scheme, target: Scheme) -> str:
+def _explain(
+    source_error: str, target_error: str, source: Scheme, target: Scheme, *, table: str, column: str
+) -> str:
     """A reason naming keys and what to do, from Vault's error texts (which hold no values).
 
     ``source_error`` is Vault's answer to the decrypt with the source scheme, ``target_error``
     its answer to the trial decrypt with the target scheme.
     """
+    src, tgt = source.describe(table, column), target.describe(table, column)
     if TOO_OLD in target_error and AUTH_FAILED in source_error:
         return (
             f"looks already migrated, but its version is below the minimum decryption version "
-            f"of {target.describe()} (Vault: disallowed by policy (too old)); lower that key's "
+            f"of {tgt} (Vault: disallowed by policy (too old)); lower that key's "
             "min_decryption_version"
         )
     if MISSING_CONTEXT in source_error:
         return (
-            f"cannot be decrypted with {source.describe()}: Vault says \"missing 'context' for "
+            f"cannot be decrypted with {src}: Vault says \"missing 'context' for "
             'key derivation" — the data may already be context-based, or the key names are '
             "swapped (check VAULT_OLD_KEY / VAULT_NEW_KEY)"
         )
     if AUTH_FAILED in source_error:
         return (
-            f"cannot be decrypted with {source.describe()} nor with {target.describe()} "
+            f"cannot be decrypted with {src} nor with {tgt} "
             "(cipher: message authentication failed): another key, another context, or a "
             "damaged value"
         )
@@ -503,13 +549,13 @@ def _explain(source_error: str, target_error: str, source: Scheme, target: Schem
         )
     if TOO_OLD in source_error:
         return (
-            f"its key version is below the minimum decryption version of {source.describe()} "
+            f"its key version is below the minimum decryption version of {src} "
             "(Vault: disallowed by policy (too old)); lower min_decryption_version with "
             f"vault write <mount>/keys/{source.key}/config min_decryption_version=<n>"
         )
     return (
-        f"unreadable ciphertext: Vault says {source_error!r} for {source.describe()} and "
-        f"{target_error!r} for {target.describe()}"
+        f"unreadable ciphertext: Vault says {source_error!r} for {src} and "
+        f"{target_error!r} for {tgt}"
     )
 
 
@@ -588,7 +634,11 @@ def process_rows(
                 if res.error is None:
                     row.outcomes[col.name] = Outcome.ALREADY
                 else:
-                    fail(row, col.name, _explain(src_err, res.error, source, target))
+                    fail(
+                        row,
+                        col.name,
+                        _explain(src_err, res.error, source, target, table=table, column=col.name),
+                    )
 
     # 3. check plaintexts: valid base64 from Vault, UTF-8 text, HMAC companion
     for row, col, b64 in decrypted:
@@ -905,11 +955,12 @@ class _Checkpointer:
                 )
             )
             return
-        conn.execute(
-            sa.delete(checkpoint_table).where(
-                c.revision == self.revision, c.direction == self.direction.opposite.value
+        if self.direction.opposite is not self.direction:
+            conn.execute(
+                sa.delete(checkpoint_table).where(
+                    c.revision == self.revision, c.direction == self.direction.opposite.value
+                )
             )
-        )
         conn.execute(
             sa.update(checkpoint_table)
             .where(c.revision == self.revision, c.direction == self.direction.value)
@@ -1125,8 +1176,11 @@ class _TableRun:
         direction: Direction,
         run: RunContext,
         summary: TableSummary,
+        processor: RowProcessor | None = None,
     ) -> None:
         self.engine = engine
+        #: what a batch does to its rows before the write (the migration's, or a rewrap's)
+        self.processor: RowProcessor = processor if processor is not None else process_rows
         self.spec = spec
         self.revision = revision
         self.direction = direction
@@ -1199,7 +1253,11 @@ class _TableRun:
         name, direction = self.spec.name, self.direction.value
         stamp = read_stamp(conn)
         found = {c.direction: c for c in read_checkpoints(conn) if c.revision == self.revision}
-        other = found.get(self.direction.opposite.value)
+        other = (
+            found.get(self.direction.opposite.value)
+            if self.direction.opposite is not self.direction
+            else None
+        )
         same = found.get(direction)
         if other is not None:
             log.warning(
@@ -1215,6 +1273,19 @@ class _TableRun:
         if same is None:
             return None
         self._check_keys(same)
+        assert self.pin is not None
+        if self.direction is Direction.REWRAP and same.target_version != self.pin.version:
+            # a rewrap moves values *to* the version asked for: values the stopped run moved
+            # to another version must be moved again, so the whole table is processed
+            log.warning(
+                "%s: not resuming the rewrap that stopped %s: it rewrapped to version %s, this "
+                "run to version %d; this run processes the whole table from its first row",
+                name,
+                same.position(),
+                same.target_version,
+                self.pin.version,
+            )
+            return None
         if same.target_key == self.target.key and same.target_version is not None:
             self._adopt_pin(same, transit)
         if same.stamp is not None and same.stamp == stamp:
@@ -1392,7 +1463,7 @@ class _TableRun:
         result = BatchResult(seq, rows[-1].pk, rows_scanned=len(rows))
         pending = rows
         for round_no in range(CAS_ROUNDS + 1):
-            process_rows(
+            self.processor(
                 pending,
                 spec,
                 source=self.source,

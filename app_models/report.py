@@ -14,10 +14,15 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from app_models.reencrypt import TableSummary
+from app_models.reencrypt import Outcome, TableSummary
 from app_models.settings import REPORT_TEMP_PREFIX, Settings
 
 log = logging.getLogger("context_encryption")
+
+#: The outcome of a live run that finished and stamped, but skipped rows (on-error=skip or
+#: plaintext=skip). Its exit status is 0, like any finished run: the rows are listed, and
+#: ``context-encryption verify`` (exit 1) is the gate a pipeline checks.
+COMPLETED_WITH_SKIPPED_ROWS = "completed with skipped rows"
 
 
 @dataclass
@@ -51,13 +56,51 @@ class RunReport:
                 lines.append(f"    ... and {len(t.failures) - 10} more (see -x report=PATH)")
         return "\n".join(lines)
 
+    def left_behind(self) -> dict[str, dict[str, int]]:
+        """What each table left in its old state: rows that failed and were skipped
+        (``on-error=skip``) and plaintext values left as they were (``plaintext=skip``)."""
+        out: dict[str, dict[str, int]] = {}
+        for t in self.tables:
+            plaintext = t.total(Outcome.PLAINTEXT_SKIPPED)
+            if t.rows_failed or plaintext:
+                out[t.table] = {"failed_rows": t.rows_failed, "plaintext_values": plaintext}
+        return out
+
+    def left_behind_message(self) -> str | None:
+        """The last lines of a run that left rows behind: how many, where, what next."""
+        left = self.left_behind()
+        if not left:
+            return None
+        where = (
+            f"the failed rows are listed by primary key in the report {self.settings.report}"
+            if self.settings.report
+            else "the failed rows are listed by primary key in the log above (-x report=PATH "
+            "keeps them in a file)"
+        )
+        parts = []
+        for table, n in left.items():
+            what = []
+            if n["failed_rows"]:
+                what.append(f"{n['failed_rows']} failed row(s) skipped")
+            if n["plaintext_values"]:
+                what.append(f"{n['plaintext_values']} plaintext value(s) left as they were")
+            parts.append(f"{table}: {', '.join(what)}")
+        return (
+            f"LEFT BEHIND: {'; '.join(parts)}. These values are not in the scheme their "
+            f"stamped revision implies; {where}. `context-encryption verify` exits 1 until they "
+            "are repaired and migrated (README runbook, step 9)."
+        )
+
     def as_dict(self) -> dict[str, Any]:
+        left = self.left_behind()
         return {
             "tool": "context-encryption-migrations",
             "started_at": self.started_at.isoformat(),
             "finished_at": dt.datetime.now(dt.UTC).isoformat(),
             "outcome": self.outcome,
             "error": self.error,
+            "rows_left_behind": sum(n["failed_rows"] for n in left.values()),
+            "left_behind": left,
             "dry_run": self.settings.dry_run,
             "keys": {"old": self.settings.old_key, "new": self.settings.new_key},
             "settings": self.settings.public_dict(),
@@ -103,6 +146,7 @@ class RunReport:
 
 _OUTCOME_WORDS = {
     "completed": "completed",
+    COMPLETED_WITH_SKIPPED_ROWS: "completed, with rows left behind",
     "dry-run": "was a dry run that wrote nothing",
     "running": "had not finished",
 }

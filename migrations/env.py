@@ -39,7 +39,7 @@ from app_models.reencrypt import (
     invalidate_checkpoints,
     read_checkpoints,
 )
-from app_models.report import RunReport
+from app_models.report import COMPLETED_WITH_SKIPPED_ROWS, RunReport
 from app_models.settings import Settings, load_settings
 from app_models.transit import RequestLimits, TokenKeeper, TransitClient
 
@@ -210,6 +210,8 @@ def run_migrations_online() -> None:
                 raise CommandError(would_fail)
         else:
             report.outcome = "completed"
+            if report.left_behind():
+                report.outcome = COMPLETED_WITH_SKIPPED_ROWS
     except ContextEncryptionError as exc:
         report.outcome, report.error = "failed", str(exc)
         raise CommandError(str(exc)) from None
@@ -236,6 +238,8 @@ def run_migrations_online() -> None:
     finally:
         if settings.report:
             report.write(settings.report)
+        if report.outcome == COMPLETED_WITH_SKIPPED_ROWS:  # the run's last lines say so
+            log.warning("%s", report.left_behind_message())
 
 
 if context.is_offline_mode():

@@ -1,0 +1,87 @@
+"""What an operator meets around the migration (issue 10): the last lines of a run that left
+rows behind, reasons that name the real context, and preflight verdicts that name the rows at
+fault rather than a whole column. Real PostgreSQL, real OpenBao, the real ``alembic`` CLI.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from app_models.tables import metadata
+from tests.migration_fixtures import Migration
+from tests.seeding import pks_with, sample_rows, seed
+from tests.test_verify import subprocess_verify
+
+invitations = metadata.tables["invitations"]
+
+
+def _seed(m: Migration, n: int = 12) -> dict[Any, Any]:
+    return seed(m.engine, m.vault, "invitations", sample_rows("invitations", n), m.hmac_secret)
+
+
+def _set(m: Migration, pk: Any, **values: str | None) -> None:
+    with m.engine.begin() as conn:
+        conn.execute(sa.update(invitations).where(invitations.c.id == pk).values(**values))
+
+
+def test_a_run_that_skipped_rows_says_so_in_its_last_lines_and_its_report(
+    migration: Migration, tmp_path: Path
+) -> None:
+    m = migration
+    data = _seed(m)
+    damaged, raw = pks_with(data, "email", 2)[:2]
+    _set(m, damaged, email="vault:v1:bm90IGEgY2lwaGVydGV4dA==")
+    _set(m, raw, email="raw plaintext")
+    report_path = tmp_path / "run.json"
+
+    proc = m.cli(
+        "-x", "on-error=skip", "-x", "plaintext=skip", "-x", f"report={report_path}",
+        "upgrade", "0002_invitations",
+    )  # fmt: skip
+
+    assert proc.returncode == 0  # stamped, as on-error=skip asks; verify is the gate
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "LEFT BEHIND" in last
+    assert "invitations: 1 failed row(s) skipped, 1 plaintext value(s) left as they were" in last
+    assert str(report_path) in last
+    report = json.loads(report_path.read_text())
+    assert report["outcome"] == "completed with skipped rows"
+    assert report["rows_left_behind"] == 1
+    assert report["left_behind"] == {"invitations": {"failed_rows": 1, "plaintext_values": 1}}
+    verify = subprocess_verify(m.env, "--tables", "invitations")
+    assert verify.returncode == 1
+
+
+def test_a_clean_run_reports_completed_and_says_nothing_is_left(
+    migration: Migration, tmp_path: Path
+) -> None:
+    _seed(migration, 5)
+    report_path = tmp_path / "run.json"
+    proc = migration.cli("-x", f"report={report_path}", "upgrade", "0002_invitations")
+    assert "LEFT BEHIND" not in proc.stderr
+    report = json.loads(report_path.read_text())
+    assert report["outcome"] == "completed"
+    assert report["rows_left_behind"] == 0
+
+
+def test_a_failure_reason_names_the_columns_real_context(migration: Migration) -> None:
+    m = migration
+    data = _seed(m)
+    pk = pks_with(data, "token")[0]
+    # a value of another key: neither scheme reads it
+    other = m.vault.client.secrets.transit
+    other.create_key(name="stranger", mount_point=m.vault.mount)
+    foreign = other.encrypt_data(name="stranger", plaintext="eA==", mount_point=m.vault.mount)
+    _set(m, pk, token=foreign["data"]["ciphertext"])
+
+    report = m.upgrade("0002_invitations", on_error="skip")
+
+    (summary,) = [t for t in report["tables"] if t["table"] == "invitations"]
+    (failure,) = summary["failures"]
+    assert failure["column"] == "token"
+    assert "with context invitations.token" in failure["reason"]
+    assert "<table>.<column>" not in failure["reason"]
