@@ -157,6 +157,15 @@ def required_capabilities(settings: Settings, direction: DirectionName) -> list[
     ]
 
 
+#: What the tool asks about its own token: a token made without the ``default`` policy (as
+#: many production tokens are) needs these in its own policy.
+TOKEN_SELF_PATHS: Final = (
+    ("auth/token/lookup-self", "read", "  # the preflight and the run check the token"),
+    ("auth/token/renew-self", "update", "  # a renewable token is renewed as the run goes"),
+    ("sys/capabilities-self", "update", "  # the preflight checks these capabilities"),
+)
+
+
 def policy_hcl(settings: Settings) -> str:
     """The HCL policy a token needs for upgrade *and* downgrade (rollback), real names."""
     m, old, new = settings.transit_mount, settings.old_key, settings.new_key
@@ -167,6 +176,7 @@ def policy_hcl(settings: Settings) -> str:
         (f"{m}/encrypt/{old}", "update", "  # downgrade (rollback) only"),
         (f"{m}/decrypt/{new}", "update", ""),
         (f"{m}/encrypt/{new}", "update", ""),
+        *TOKEN_SELF_PATHS,
     ]
     width = max(len(p) for p, _c, _n in rows) + 2
     lines = []
@@ -387,12 +397,14 @@ def check_token(report: PreflightReport, transit: TransitClient, min_ttl: int) -
             "token",
             False,
             "Vault refused the token lookup (auth/token/lookup-self: permission denied): the "
-            "token is invalid, expired or revoked"
+            "token is invalid, expired or revoked, or its policy lacks read on "
+            "auth/token/lookup-self (a token made without the default policy needs it)"
             if denied
             else f"the token lookup failed: {exc}",
             "set VAULT_TOKEN to a valid token, e.g. one from "
-            "'vault login' or 'vault token create -policy=<policy> -ttl=2h'; a token without "
-            "the default policy also needs read on auth/token/lookup-self",
+            "'vault login' or 'vault token create -policy=<policy> -ttl=2h'; if `vault token "
+            'lookup` works with it, add to its policy:\n  path "auth/token/lookup-self" '
+            '{ capabilities = ["read"] }',
         )
         return False
     ttl = int(info.get("ttl") or 0)
@@ -463,8 +475,10 @@ def check_capabilities(
             "capabilities",
             False,
             f"cannot check the token's capabilities (sys/capabilities-self: {exc}); the token "
-            "most likely lacks the default policy",
-            fix_tail,
+            "was made without the default policy and its own policy lacks "
+            "sys/capabilities-self",
+            'add to its policy:\n  path "sys/capabilities-self" { capabilities = ["update"] }\n'
+            "(the complete policy is in README, 'Vault policy')",
         )
         return False
     missing = [(p, c) for p, c in needed if not _has(caps.get(p, []), c)]

@@ -6,14 +6,18 @@ fault rather than a whole column. Real PostgreSQL, real OpenBao, the real ``alem
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from app_models.tables import metadata
-from tests.migration_fixtures import Migration
+from tests.migration_fixtures import ROOT, Migration
 from tests.seeding import pks_with, sample_rows, seed
+from tests.test_readme_commands import readme_policy
 from tests.test_verify import subprocess_verify
 
 invitations = metadata.tables["invitations"]
@@ -85,3 +89,48 @@ def test_a_failure_reason_names_the_columns_real_context(migration: Migration) -
     assert failure["column"] == "token"
     assert "with context invitations.token" in failure["reason"]
     assert "<table>.<column>" not in failure["reason"]
+
+
+def _token_without(m: Migration, path: str) -> str:
+    """A token made without the default policy, from README's policy less one path."""
+    policy = "\n".join(
+        line for line in readme_policy(m.vault.mount).splitlines() if f'"{path}"' not in line
+    )
+    client = m.vault.client
+    client.sys.create_or_update_policy(name="readme-less-one", policy=policy)
+    token: str = client.auth.token.create(
+        policies=["readme-less-one"], no_default_policy=True, ttl="1h"
+    )["auth"]["client_token"]
+    return token
+
+
+def _preflight_text(m: Migration, token: str) -> str:
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("context-encryption")), "preflight"],
+        cwd=ROOT,
+        env={**os.environ, **m.env, "VAULT_TOKEN": token},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert token not in proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def test_a_policy_without_lookup_self_is_named_not_called_an_invalid_token(
+    migration: Migration,
+) -> None:
+    text = _preflight_text(migration, _token_without(migration, "auth/token/lookup-self"))
+    assert "its policy lacks read on auth/token/lookup-self" in text
+    assert 'path "auth/token/lookup-self"' in text
+
+
+def test_a_policy_without_capabilities_self_gets_that_one_path_as_its_fix(
+    migration: Migration,
+) -> None:
+    text = _preflight_text(migration, _token_without(migration, "sys/capabilities-self"))
+    assert "lacks sys/capabilities-self" in text
+    assert 'path "sys/capabilities-self" { capabilities = ["update"] }' in text
+    assert "decrypt/pos-encryption-key" not in text.split("sys/capabilities-self", 1)[1]

@@ -130,8 +130,10 @@ def test_required_capabilities_and_policy_text(migration: Migration) -> None:
     hcl = policy_hcl(s)
     assert f'path "{m}/decrypt/{OLD_KEY}"' in hcl
     assert f'path "{m}/encrypt/{NEW_KEY}"' in hcl
-    assert hcl.count('capabilities = ["update"]') == 4
-    assert hcl.count('capabilities = ["read"]') == 2
+    # four Transit paths plus renew-self and capabilities-self; two keys plus lookup-self
+    assert hcl.count('capabilities = ["update"]') == 6
+    assert hcl.count('capabilities = ["read"]') == 3
+    assert 'path "auth/token/lookup-self"' in hcl
 
 
 def test_missing_capability_prints_the_policy(
