@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from app_models.tables import metadata
 from tests.migration_fixtures import ROOT, Migration
 from tests.seeding import pks_with, sample_rows, seed
+from tests.test_preflight import failure, preflight
 from tests.test_readme_commands import readme_policy
 from tests.test_verify import subprocess_verify
 
@@ -134,3 +135,43 @@ def test_a_policy_without_capabilities_self_gets_that_one_path_as_its_fix(
     assert "lacks sys/capabilities-self" in text
     assert 'path "sys/capabilities-self" { capabilities = ["update"] }' in text
     assert "decrypt/pos-encryption-key" not in text.split("sys/capabilities-self", 1)[1]
+
+
+def _consent_rows_old_key_v2(m: Migration, n: int) -> dict[Any, Any]:
+    """consent_records in the old scheme at the old key's version 2 (rotated once)."""
+    m.vault.client.secrets.transit.rotate_key(name=m.vault.old_key, mount_point=m.vault.mount)
+    rows = [{"ip_address": f"10.0.{i // 250}.{i % 250}"} for i in range(n)]
+    data = seed(m.engine, m.vault, "consent_records", rows, m.hmac_secret)
+    t = metadata.tables["consent_records"]
+    with m.engine.connect() as conn:
+        values = conn.execute(sa.select(t.c.ip_address)).scalars().all()
+    assert all(v.startswith("vault:v2:") for v in values)
+    return data
+
+
+def test_one_damaged_value_is_named_alone_not_blamed_on_its_column(migration: Migration) -> None:
+    """Runbook back-out (stamp, then downgrade) with one damaged value among old-scheme v2."""
+    m = migration
+    data = _consent_rows_old_key_v2(m, 60)
+    damaged = sorted(data)[3]
+    t = metadata.tables["consent_records"]
+    with m.engine.begin() as conn:
+        conn.execute(
+            sa.update(t).where(t.c.id == damaged).values(ip_address="vault:v2:ZGFtYWdlZA==")
+        )
+    report = preflight(m, "downgrade", tables=("consent_records",))
+    assert report.ok, [c.detail for c in report.failures]
+    (warning,) = [w for w in report.warnings if "consent_records.ip_address" in w]
+    assert f"id {damaged};" in warning
+    assert "1 cannot be decrypted by either key" in warning
+
+
+def test_a_column_whose_every_sampled_value_fails_is_still_a_column_verdict(
+    migration: Migration,
+) -> None:
+    m = migration
+    _consent_rows_old_key_v2(m, 30)
+    # the operator named another old key: no value of version 2 is readable by either side
+    m.vault.client.secrets.transit.create_key(name="another-old", mount_point=m.vault.mount)
+    text = failure(m, "downgrade", tables=("consent_records",), vault_key="another-old")
+    assert "consent_records.ip_address: 30 value(s) of version v2" in text
