@@ -704,7 +704,9 @@ def check_hmac_sample(
         report.add(
             "hmac sample",
             False,
-            "the HMAC secret matches none of the sampled companions of " + ", ".join(bad),
+            "HMAC verification failed for every sampled companion of "
+            + ", ".join(bad)
+            + ": the HMAC secret matches none of them",
             "ENCRYPTION_HMAC_SECRET (or -x hmac-secret) is most likely not the secret the "
             "application computes the companions with; set the right one",
         )

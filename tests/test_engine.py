@@ -309,7 +309,7 @@ def test_wrong_hmac_secret_is_refused_before_any_row(migration: Migration) -> No
     before = read_table(migration.engine, "invitations")
     with pytest.raises(CommandError) as err:
         migration.upgrade("0002_invitations", hmac_secret="not-the-secret", on_error="skip")
-    assert "matches none of the sampled companions" in str(err.value)
+    assert "HMAC verification failed for every sampled companion" in str(err.value)
     assert "most likely not the secret" in str(err.value)
     assert "not-the-secret" not in str(err.value)
     assert read_table(migration.engine, "invitations") == before
