@@ -12,6 +12,13 @@
     ``alembic_version_encryption``); ``--tables`` narrows them further. When the command would
     touch nothing, it says so. Exit 0 or 1 (2: could not run).
 
+``context-encryption rewrap [--tables ...] [--to-version latest|N] [--dry-run] [--report PATH]``
+    Moves every new-scheme value of the applied tables (or ``--tables``) to one version of the
+    new key (the latest, pinned at the start, or N) through Transit's rewrap, each value with
+    its column's context: after a rotation of the new key, so equality lookups find every value
+    again (:mod:`app_models.rewrap`). Exit 0 when every value is at that version, 1 when values
+    were reported and left as they are (old scheme, plaintext, unreadable), 2 when it stopped.
+
 Settings come from the same environment variables as the migration (``DATABASE_URL``,
 ``VAULT_ADDR``, ``VAULT_TOKEN``, ...); each ``--name`` flag maps one to one onto the ``-x name``
 of the migration (``--db``, ``--vault-addr``, ``--vault-key``, ``--new-vault-key``, ...), and
@@ -41,9 +48,10 @@ from app_models.preflight import (
     check_vault,
     collect_preflight,
 )
+from app_models.rewrap import RewrapReport, rewrap_preflight, rewrap_tables
 from app_models.settings import FLAG_SPELLING, Settings, load_settings, option_help
 from app_models.tables import TABLE_NAMES
-from app_models.transit import TransitClient
+from app_models.transit import RequestLimits, TokenKeeper, TransitClient
 from app_models.verify import (
     DEFAULT_MAX_IDS,
     VerifyReport,
@@ -110,6 +118,25 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"failing primary keys listed per column (default {DEFAULT_MAX_IDS})",
     )
+    r = sub.add_parser(
+        "rewrap",
+        parents=[common],
+        help="move every new-scheme value to one version of the new key (after a rotation)",
+        description="Rewrap every new-scheme value of the applied tables to one key version "
+        "of the new key, with the migration's guarantees (checkpoint and resume, "
+        "compare-and-swap, run lock). Exit 0: done; 1: values left as they are (listed); 2: "
+        "stopped.",
+    )
+    r.add_argument(
+        "--to-version",
+        default="latest",
+        metavar="latest|N",
+        help="the key version to move every value to (default: the latest, pinned at the start)",
+    )
+    r.add_argument("--dry-run", action="store_true", help="count what would change; write nothing")
+    r.add_argument("--report", metavar="PATH", help="write a JSON report of the run to PATH")
+    r.add_argument("--workers", metavar="N", help=option_help("workers"))
+    r.add_argument("--on-error", metavar="abort|skip", help=option_help("on-error"))
     p = sub.add_parser(
         "preflight",
         parents=[common],
@@ -117,10 +144,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--direction",
-        choices=("upgrade", "downgrade"),
+        choices=("upgrade", "downgrade", "rewrap"),
         default="upgrade",
         help="check for `alembic upgrade head` (default) or `alembic downgrade base`, from the "
-        "current revision",
+        "current revision, or for `context-encryption rewrap`",
     )
     return parser
 
@@ -131,6 +158,12 @@ def _settings(args: argparse.Namespace) -> Settings:
         for flag in _SETTING_FLAGS
         if getattr(args, flag.replace("-", "_")) is not None
     }
+    if getattr(args, "command", None) == "rewrap":
+        x["dry-run"] = "true" if args.dry_run else "false"
+        for flag in ("report", "workers", "on-error"):
+            value = getattr(args, flag.replace("-", "_"))
+            if value is not None:
+                x[flag] = str(value)
     return load_settings(x, os.environ, spelling=FLAG_SPELLING)
 
 
@@ -205,6 +238,17 @@ def print_verify(report: VerifyReport, *, as_json: bool) -> None:
                     f"{t.table}.{c.column}: {reasons}; ids: {', '.join(c.failing_ids)}"
                     + (" ..." if c.problems > len(c.failing_ids) else "")
                 )
+        split = [c for c in t.columns if len(c.versions) > 1]
+        if t.columns and any(c.versions for c in t.columns):
+            _emit(
+                f"{'':<4}new key versions: "
+                + "; ".join(
+                    f"{c.column} " + ", ".join(f"v{v}: {n}" for v, n in sorted(c.versions.items()))
+                    for c in t.columns
+                    if c.versions
+                )
+                + (" (SPLIT: run `context-encryption rewrap`)" if split else "")
+            )
         if t.in_progress:
             problems.append(
                 f"{t.table}: a migration of this table was interrupted (checkpoint present); "
@@ -379,6 +423,18 @@ def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_preflight(args: argparse.Namespace, settings: Settings) -> int:
     engine = _engine(settings)
+    if args.direction == "rewrap":
+        if engine is None:
+            _error("no database URL: set DATABASE_URL (or --db ...)")
+            return EXIT_ERROR
+        try:
+            pre = rewrap_preflight(
+                settings, engine=engine, transit_factory=_rewrap_factory(settings)
+            )
+        finally:
+            engine.dispose()
+        print_preflight(pre, as_json=args.json)
+        return EXIT_OK if pre.ok else EXIT_PROBLEMS
     transit: TransitClient | None = None
     try:
         scope = preflight_scope(settings, args.direction, engine)
@@ -404,6 +460,94 @@ def _cmd_preflight(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK if report.ok else EXIT_PROBLEMS
 
 
+def _cmd_rewrap(args: argparse.Namespace, settings: Settings) -> int:
+    text = str(args.to_version).strip().lower()
+    if text == "latest":
+        to_version = None
+    elif text.isdigit() and int(text) >= 1:
+        to_version = int(text)
+    else:
+        _error(f"--to-version {args.to_version!r}: give 'latest' or a key version (1, 2, ...)")
+        return EXIT_ERROR
+    engine = _engine(settings)
+    if engine is None:
+        _error("no database URL: set DATABASE_URL (or --db ...)")
+        return EXIT_ERROR
+    report = RewrapReport(settings)
+    try:
+        pre = rewrap_preflight(settings, engine=engine, transit_factory=_rewrap_factory(settings))
+        if not pre.ok:
+            report.outcome, report.error = "failed", pre.message()
+            _error(pre.message())
+            return EXIT_ERROR
+        rewrap_tables(
+            settings,
+            engine=engine,
+            transit_factory=_rewrap_factory(settings),
+            to_version=to_version,
+            report=report,
+        )
+    except ContextEncryptionError as exc:
+        report.outcome, report.error = "failed", str(exc)
+        _error(str(exc))
+        return EXIT_ERROR
+    except sa.exc.SQLAlchemyError as exc:
+        orig = getattr(exc, "orig", None) or exc
+        report.outcome = "failed"
+        report.error = f"database error ({type(orig).__name__})"
+        _error(f"{report.error}; committed batches stay, and re-running resumes")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        report.outcome, report.error = "interrupted", "KeyboardInterrupt"
+        _error("interrupted: committed batches stay; running the same command again resumes")
+        return EXIT_ERROR
+    finally:
+        engine.dispose()
+        if settings.report:
+            report.write(settings.report)
+    print_rewrap(report, as_json=args.json)
+    return EXIT_OK if report.left_unchanged == 0 else EXIT_PROBLEMS
+
+
+def _rewrap_factory(settings: Settings) -> Any:
+    keeper = TokenKeeper()  # one per run: every worker's client renews the same token
+    limits = RequestLimits(settings.vault_batch_items)  # one per run: a refusal shrinks all
+
+    def make() -> TransitClient:
+        return TransitClient.from_settings(settings, keeper=keeper, limits=limits)
+
+    return make
+
+
+def print_rewrap(report: RewrapReport, *, as_json: bool) -> None:
+    if as_json:
+        _emit(json.dumps(report.as_dict(), indent=2))
+        return
+    dry = " (dry run: nothing written)" if report.settings.dry_run else ""
+    _emit(
+        f"rewrap of key {report.settings.new_key!r} to version {report.key_version} "
+        f"(latest {report.latest_version}, min_decryption_version "
+        f"{report.min_decryption_version}){dry}"
+    )
+    if not report.tables:
+        _emit(f"no table to rewrap: revision {report.revision or 'base'} applies none")
+    for t in report.tables:
+        for line in t.lines():
+            _emit(line)
+    left = [
+        f"  {t.summary.table}.{col} id={pk}: {kind.replace('_', ' ')}: {reason}"
+        for t in report.tables
+        for (col, pk), (kind, reason) in sorted(t.notes.items())
+    ]
+    if left:
+        _emit("")
+        _emit(f"left as they are ({len(left)} value(s), not in the new scheme):")
+        for line in left[:50]:
+            _emit(line)
+        if len(left) > 50:
+            _emit(f"  ... and {len(left) - 50} more (--report PATH lists them all)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logsafety.install()
@@ -414,7 +558,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         settings = _settings(args)
-        commands: dict[str, Any] = {"verify": _cmd_verify, "preflight": _cmd_preflight}
+        commands: dict[str, Any] = {
+            "verify": _cmd_verify,
+            "preflight": _cmd_preflight,
+            "rewrap": _cmd_rewrap,
+        }
         return int(commands[args.command](args, settings))
     except ContextEncryptionError as exc:
         _error(str(exc))

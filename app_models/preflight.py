@@ -62,7 +62,7 @@ from app_models.transit import (
 
 log = logging.getLogger("context_encryption")
 
-DirectionName = Literal["upgrade", "downgrade"]
+DirectionName = Literal["upgrade", "downgrade", "rewrap"]
 
 #: A token with less time left than this (and not renewable) fails the preflight.
 DEFAULT_MIN_TOKEN_TTL: Final = 15 * 60

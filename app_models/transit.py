@@ -1,6 +1,6 @@
 """Vault Transit, typed: the only module of the tool that imports hvac.
 
-Batch decrypt and batch encrypt always use ``batch_input``, never one request per value. A
+Batch decrypt, encrypt and rewrap always use ``batch_input``, never one request per value. A
 batch's items are split into as many requests as real servers accept: at most
 ``-x vault-batch-items`` items (default 150) and 16 MiB each. OpenBao (2.4.1+) refuses a body
 with more than 1,000 JSON strings (HTTP 400), HashiCorp Vault (1.20.3+) more than 10,000 array
@@ -27,6 +27,7 @@ Nothing here logs or returns a plaintext, a token or a secret in an error.
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import json
 import logging
@@ -113,6 +114,11 @@ class DecryptRequest(NamedTuple):
 class EncryptRequest(NamedTuple):
     plaintext_b64: str
     context: str | None
+
+
+class RewrapRequest(NamedTuple):
+    ciphertext: str
+    context: str | None  # the context string, e.g. "users.email"; None: no context
 
 
 def hmac_hex(secret: str, plaintext: bytes) -> str:
@@ -567,6 +573,20 @@ class TransitClient:
             "encrypt", key, items, field="plaintext", answer="ciphertext", extra=extra
         )
 
+    def rewrap_batch(
+        self, key: str, items: Sequence[RewrapRequest], key_version: int | None
+    ) -> list[ItemResult]:
+        """Rewrap every item to ``key_version`` of ``key`` (``transit/rewrap/<key>``).
+
+        Vault decrypts each item with the version in its prefix and encrypts it again with
+        ``key_version``, inside Vault: no plaintext reaches this process. ``value`` = the new
+        ciphertext. Split, limited and sent in parallel like decrypt and encrypt.
+        """
+        extra = {} if key_version is None else {"key_version": key_version}
+        return self._transit_batch(
+            "rewrap", key, items, field="ciphertext", answer="ciphertext", extra=extra
+        )
+
     def _transit_batch(
         self,
         op: str,
@@ -587,7 +607,12 @@ class TransitClient:
         transit = self._client.secrets.transit
         call = _BatchCall(
             what=f"{op} with key {key!r}",
-            fn=transit.decrypt_data if op == "decrypt" else transit.encrypt_data,
+            fn={
+                "decrypt": transit.decrypt_data,
+                "encrypt": transit.encrypt_data,
+                # hvac always sends a top-level "ciphertext"; null when batch_input is used
+                "rewrap": functools.partial(transit.rewrap_data, ciphertext=None),
+            }[op],
             needs=f'path "{self.mount}/{op}/{key}" {{ capabilities = ["update"] }}',
             key=key,
             field=field,

@@ -87,6 +87,23 @@ class ColumnResult:
     problems: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     failing_ids: list[str] = field(default_factory=list)
+    #: key version -> new-scheme values at it (from the ``vault:v<N>:`` prefix)
+    versions: dict[int, int] = field(default_factory=dict)
+
+    def split_problem(self) -> None:
+        """New-scheme values on more than one key version: lookups with one version miss the
+        others. Every value off the newest version found counts as a problem."""
+        if len(self.versions) < 2:
+            return
+        top = max(self.versions)
+        off = sum(n for v, n in self.versions.items() if v != top)
+        found = ", ".join(f"v{v}: {n}" for v, n in sorted(self.versions.items()))
+        reason = (
+            f"split across key versions of the new key ({found}): equality lookups miss "
+            "values; run `context-encryption rewrap`"
+        )
+        self.problems += off
+        self.reasons[reason] = self.reasons.get(reason, 0) + off
 
     def problem(self, pk: Any, reason: str, max_ids: int) -> None:
         self.problems += 1
@@ -119,6 +136,7 @@ class ColumnResult:
             "problems": self.problems,
             "reasons": dict(sorted(self.reasons.items())),
             "failing_ids": list(self.failing_ids),
+            "versions": {str(v): n for v, n in sorted(self.versions.items())},
         }
 
 
@@ -225,7 +243,10 @@ def _in_progress(conn: sa.Connection) -> set[str]:
     if not sa.inspect(conn).has_table(checkpoint_table.name):
         return set()
     disable_row_security(conn)
-    return {str(r[0]) for r in conn.execute(sa.select(checkpoint_table.c.table_name))}
+    c = checkpoint_table.c
+    # a stopped rewrap is no migration: its values are all new-scheme (see the versions check)
+    stmt = sa.select(c.table_name).where(c.direction != "rewrap")
+    return {str(r[0]) for r in conn.execute(stmt)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,6 +283,12 @@ def _reason_of(*errors: str) -> str:
     if "version is too new" in error:
         return "unreadable (key version newer than either key's latest)"
     return "unreadable"
+
+
+def _key_version(ciphertext: str) -> int:
+    """The version of a ``vault:v<N>:`` prefix (Vault reads 0 as 1)."""
+    text = ciphertext[len("vault:v") :].split(":", 1)[0]
+    return max(1, int(text)) if text.isdigit() else 0
 
 
 def _check_page(
@@ -301,11 +328,11 @@ def _check_page(
         expected.key,
         [DecryptRequest(ct, expected.context(table, c.name)) for _pk, c, ct, _h in pending],
     )
-    decrypted: list[tuple[Any, EncryptedColumn, str, str | None, _Scheme]] = []
+    decrypted: list[tuple[Any, EncryptedColumn, str, str | None, _Scheme, str]] = []
     retry: list[tuple[Any, EncryptedColumn, str, str | None, str]] = []
     for (pk, col, ct, comp), r in zip(pending, first, strict=True):
         if r.ok and r.value is not None:
-            decrypted.append((pk, col, r.value, comp, expected))
+            decrypted.append((pk, col, r.value, comp, expected, ct))
         else:
             retry.append((pk, col, ct, comp, r.error or ""))
     if retry:
@@ -313,18 +340,20 @@ def _check_page(
             other.key,
             [DecryptRequest(ct, other.context(table, c.name)) for _pk, c, ct, _h, _e in retry],
         )
-        for (pk, col, _ct, comp, err), r in zip(retry, second, strict=True):
+        for (pk, col, ct, comp, err), r in zip(retry, second, strict=True):
             if r.ok and r.value is not None:
-                decrypted.append((pk, col, r.value, comp, other))
+                decrypted.append((pk, col, r.value, comp, other, ct))
             else:
                 res = results[col.name]
                 res.unreadable += 1
                 res.problem(pk, _reason_of(err, r.error or ""), max_ids)
 
-    for pk, col, b64, comp, scheme in decrypted:
+    for pk, col, b64, comp, scheme, ct in decrypted:
         res = results[col.name]
         if scheme.name == "new":
             res.new_scheme += 1
+            version = _key_version(ct)
+            res.versions[version] = res.versions.get(version, 0) + 1
         else:
             res.old_scheme += 1
         if scheme is not expected:
@@ -418,6 +447,9 @@ def verify_table(
             last = rows[-1][0]
             if remaining is not None:
                 remaining -= len(rows)
+    if applied:
+        for c in result.columns:
+            c.split_problem()
     log.info(
         "verify %s: %d rows checked, %d problem(s)", table, result.rows_checked, result.problems
     )

@@ -218,6 +218,7 @@ def test_json_shape(migration: Migration, capsys: pytest.CaptureFixture[str]) ->
         "problems",
         "reasons",
         "failing_ids",
+        "versions",
     }
     assert set(table["columns"][0]["hmac"]) == {
         "companion",
