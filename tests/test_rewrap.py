@@ -21,11 +21,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import hvac
 import pytest
 import sqlalchemy as sa
 
 from app_models import cli
+from app_models.migration import RUN_LOCK_KEY
 from app_models.tables import ENCRYPTED_COLUMNS, context_string, metadata
+from app_models.transit import RequestLimits, RewrapRequest, TransitClient
 from tests.fault_proxy import FaultProxy
 from tests.migration_fixtures import ROOT, Migration, assert_no_leak, secrets_of
 from tests.reliability_helpers import (
@@ -132,6 +135,10 @@ def test_rewrap_moves_every_value_to_the_latest_version(
     email = next(c for c in users["columns"] if c["column"] == "email")
     assert set(email["versions"]) == {"1", "2"}
     assert any("context-encryption rewrap" in r for r in email["reasons"])
+    assert cli.main(["verify", "--tables", "users"]) == 1
+    text, _err = capsys.readouterr()
+    assert "new key versions: email v1: " in text
+    assert "SPLIT: run `context-encryption rewrap`" in text
 
     report = tmp_path / "rewrap.json"
     code, doc, err = rewrap(capsys, "--report", str(report))
@@ -306,8 +313,18 @@ def test_concurrent_writes_are_not_lost(
     changed = [pk for pk in first if data["users"][pk]["last_name"]][:10]
     proxy = vault_faults
     proxy.hold(f"{m.vault.mount}/rewrap/")
+    report = m.tmp_path / "concurrent.json"
     proc, err = popen_rewrap(
-        m, "--tables", "users", "--batch-size", "40", "--workers", "1", tag="concurrent"
+        m,
+        "--tables",
+        "users",
+        "--batch-size",
+        "40",
+        "--workers",
+        "1",
+        "--report",
+        str(report),
+        tag="concurrent",
     )
     try:
         deadline = time.monotonic() + 60
@@ -330,7 +347,119 @@ def test_concurrent_writes_are_not_lost(
     finally:
         proxy.release()
     assert proc.wait(120) == 0, err.read_text()
+    users = json.loads(report.read_text())["tables"][0]
+    assert users["changed_concurrently"] == len(changed)  # re-read and rewrapped, not lost
     assert_scheme(m.engine, m.vault, "users", data["users"], "new", m.hmac_secret)
     assert {v for d in versions(m, "users").values() for v in d} == {2}
     code, doc = verify_json(capsys, "--tables", "users")
     assert code == 0, doc
+
+
+def preflight_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
+    code = cli.main(["preflight", "--direction", "rewrap", "--json", *args])
+    out, _err = capsys.readouterr()
+    return code, json.loads(out)
+
+
+def test_preflight_rewrap_reports_key_versions_and_capabilities(
+    migration: Migration, vault_client: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = migration
+    migrated(m, {"users": 20})
+    rotate(m)
+    add_rows_at_latest(m, "users", 3, salt="-v2")
+    code, doc = preflight_json(capsys)
+    assert code == 0, doc
+    assert doc["direction"] == "rewrap"
+    checks = {c["name"]: c for c in doc["checks"]}
+    assert checks["capabilities"]["ok"]
+    assert "latest_version 2, min_decryption_version 1" in checks["new key"]["detail"]
+    assert doc["versions"]["users.email"].keys() == {"1", "2"}
+    assert "split across versions" in checks["data versions"]["detail"]
+    assert "users" in checks["tables"]["detail"] and "invitations" in checks["tables"]["detail"]
+
+    # a token without update on <mount>/rewrap/<new key>
+    mount = m.vault.mount
+    name = f"rw-{uuid.uuid4().hex[:8]}"
+    vault_client.sys.create_or_update_acl_policy(
+        name,
+        f"""
+        path "{mount}/keys/*" {{ capabilities = ["read"] }}
+        path "{mount}/decrypt/*" {{ capabilities = ["update"] }}
+        path "{mount}/encrypt/*" {{ capabilities = ["update"] }}
+        """,
+    )
+    try:
+        token = vault_client.auth.token.create(policies=[name], ttl="1h")["auth"]["client_token"]
+        code, doc = preflight_json(capsys, "--vault-token", token)
+        assert code == 1
+        failed = [c for c in doc["checks"] if not c["ok"]]
+        assert [c["name"] for c in failed] == ["capabilities"]
+        assert f"update on {mount}/rewrap/{m.vault.new_key}" in failed[0]["detail"]
+        assert token not in json.dumps(doc)
+        # the rewrap itself stops before any work with the same message
+        before = read_table(m.engine, "users")
+        code, _doc, err = rewrap(capsys, "--vault-token", token)
+        assert code == 2
+        assert f"{mount}/rewrap/{m.vault.new_key}" in err
+        assert read_table(m.engine, "users") == before
+    finally:
+        vault_client.sys.delete_acl_policy(name)
+
+
+def test_a_second_run_is_refused_by_the_run_lock(
+    migration: Migration, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = migration
+    migrated(m, {"users": 10})
+    rotate(m)
+    before = read_table(m.engine, "users")
+    with m.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.pg_try_advisory_lock(RUN_LOCK_KEY))).scalar()
+        code, _doc, err = rewrap(capsys)
+        conn.execute(sa.select(sa.func.pg_advisory_unlock(RUN_LOCK_KEY)))
+    assert code == 2
+    assert "run lock" in err
+    assert read_table(m.engine, "users") == before
+
+
+def test_rewrap_batches_split_under_a_tight_server_limit(
+    vault_server: Any, vault_client: Any, transit_mount: str
+) -> None:
+    if vault_server.tight_addr is None:
+        pytest.skip("no tight listener on a server given by the environment")
+    key = "conv"
+    vault_client.secrets.transit.create_key(
+        name=key, derived=True, convergent_encryption=True, mount_point=transit_mount
+    )
+    items = [(f"value {i}", f"users.col{i % 3}") for i in range(61)]
+    v1 = [
+        vault_client.secrets.transit.encrypt_data(
+            name=key, plaintext=b64(t), context=b64(c), mount_point=transit_mount
+        )["data"]["ciphertext"]
+        for t, c in items
+    ]
+    vault_client.secrets.transit.rotate_key(name=key, mount_point=transit_mount)
+    limits = RequestLimits(150)
+    transit = TransitClient(
+        hvac.Client(url=vault_server.tight_addr, token=vault_server.token),
+        transit_mount,
+        limits=limits,
+        parallel=3,
+    )
+    try:
+        results = transit.rewrap_batch(
+            key, [RewrapRequest(ct, c) for ct, (_t, c) in zip(v1, items, strict=True)], 2
+        )
+    finally:
+        transit.close()
+    assert limits.refusals >= 1 and limits.max_items < 150
+    assert all(r.ok and (r.value or "").startswith("vault:v2:") for r in results)
+    # each result is its own item's: convergent, so equal to a fresh v2 encryption of it
+    fresh = [
+        vault_client.secrets.transit.encrypt_data(
+            name=key, plaintext=b64(t), context=b64(c), mount_point=transit_mount
+        )["data"]["ciphertext"]
+        for t, c in items
+    ]
+    assert [r.value for r in results] == fresh
