@@ -17,7 +17,8 @@
     new key (the latest, pinned at the start, or N) through Transit's rewrap, each value with
     its column's context: after a rotation of the new key, so equality lookups find every value
     again (:mod:`app_models.rewrap`). Exit 0 when every value is at that version, 1 when values
-    were reported and left as they are (old scheme, plaintext, unreadable), 2 when it stopped.
+    were reported and left as they are (old scheme, plaintext, unreadable) or rows failed
+    (``--on-error skip``), 2 when it stopped.
 
 Settings come from the same environment variables as the migration (``DATABASE_URL``,
 ``VAULT_ADDR``, ``VAULT_TOKEN``, ...); each ``--name`` flag maps one to one onto the ``-x name``
@@ -506,7 +507,7 @@ def _cmd_rewrap(args: argparse.Namespace, settings: Settings) -> int:
         if settings.report:
             report.write(settings.report)
     print_rewrap(report, as_json=args.json)
-    return EXIT_OK if report.left_unchanged == 0 else EXIT_PROBLEMS
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
 
 
 def _rewrap_factory(settings: Settings) -> Any:
@@ -546,6 +547,16 @@ def print_rewrap(report: RewrapReport, *, as_json: bool) -> None:
             _emit(line)
         if len(left) > 50:
             _emit(f"  ... and {len(left) - 50} more (--report PATH lists them all)")
+    failed = [
+        f"  {t.summary.table}.{f['column']} id={f['id']}: {f['reason']}"
+        for t in report.tables
+        for f in t.summary.failures
+    ]
+    if failed:
+        _emit("")
+        _emit(f"failed ({len(failed)}; re-run to handle them again):")
+        for line in failed[:50]:
+            _emit(line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

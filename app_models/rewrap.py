@@ -326,6 +326,11 @@ class RewrapReport:
     def left_unchanged(self) -> int:
         return sum(len(t.notes) for t in self.tables)
 
+    @property
+    def ok(self) -> bool:
+        """Every value in scope is at the target version (or NULL): nothing left, none failed."""
+        return self.left_unchanged == 0 and not any(t.summary.rows_failed for t in self.tables)
+
     def write(self, path: str) -> bool:
         """Write the JSON report atomically (temporary file, fsync, rename); never raise."""
         directory = os.path.dirname(os.path.abspath(path))

@@ -211,7 +211,15 @@ def test_old_scheme_plaintext_and_unreadable_values_are_reported_and_untouched(
     # the other columns of those rows were rewrapped all the same
     for pk in (old_pk, plain_pk, bad_pk):
         assert stored[pk]["last_name"].startswith("vault:v2:")
-    assert_no_leak(json.dumps(doc), secrets_of(m, data))
+    # the text output names them too; a re-run changes nothing
+    assert cli.main(["rewrap", "--tables", "users"]) == 1
+    out, _err = capsys.readouterr()
+    assert "left as they are (3 value(s), not in the new scheme)" in out
+    assert f"users.email id={old_pk}: old scheme: " in out
+    assert f"users.email id={plain_pk}: plaintext: " in out
+    assert f"users.email id={bad_pk}: unreadable: " in out
+    assert read_table(m.engine, "users") == stored
+    assert_no_leak(json.dumps(doc) + out, [*secrets_of(m, data), "plain@example.com"])
 
 
 def test_to_version_is_pinned_and_bounded(
