@@ -471,3 +471,21 @@ def test_rewrap_batches_split_under_a_tight_server_limit(
         for t, c in items
     ]
     assert [r.value for r in results] == fresh
+
+
+def test_only_applied_tables_are_rewrapped(
+    migration: Migration, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = migration
+    data = {t: seed(m.engine, m.vault, t, sample_rows(t, 8), m.hmac_secret) for t in TABLES}
+    m.upgrade("0001_users")
+    rotate(m)
+    before = read_table(m.engine, "invitations")
+    code, _doc, err = rewrap(capsys, "--tables", "invitations")
+    assert code == 2
+    assert "not applied" in err and "invitations" in err
+    code, doc, err = rewrap(capsys)
+    assert code == 0, err
+    assert [t["table"] for t in doc["tables"]] == ["users"]
+    assert read_table(m.engine, "invitations") == before  # old scheme: not a rewrap's
+    assert_scheme(m.engine, m.vault, "users", data["users"], "new", m.hmac_secret)
