@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from app_models.tables import metadata
 from tests.migration_fixtures import ROOT, Migration
-from tests.seeding import pks_with, sample_rows, seed
+from tests.seeding import Plain, pks_with, sample_rows, seed
 from tests.test_preflight import failure, preflight
 from tests.test_readme_commands import readme_policy
 from tests.test_verify import subprocess_verify
@@ -140,7 +140,7 @@ def test_a_policy_without_capabilities_self_gets_that_one_path_as_its_fix(
 def _consent_rows_old_key_v2(m: Migration, n: int) -> dict[Any, Any]:
     """consent_records in the old scheme at the old key's version 2 (rotated once)."""
     m.vault.client.secrets.transit.rotate_key(name=m.vault.old_key, mount_point=m.vault.mount)
-    rows = [{"ip_address": f"10.0.{i // 250}.{i % 250}"} for i in range(n)]
+    rows: list[Plain] = [{"ip_address": f"10.0.{i // 250}.{i % 250}"} for i in range(n)]
     data = seed(m.engine, m.vault, "consent_records", rows, m.hmac_secret)
     t = metadata.tables["consent_records"]
     with m.engine.connect() as conn:
