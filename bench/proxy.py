@@ -40,13 +40,6 @@ def serve(upstream: str) -> int:
         sys.path.insert(0, str(ROOT))
     from tests import fault_proxy  # noqa: PLC0415 - only in the child
 
-    # The proxy answers with two writes (headers, then body). With Nagle's algorithm on its
-    # client sockets the body waits for the client's delayed ACK of the headers: about 40 ms
-    # more per request on Linux, which would swamp every figure here. The socketserver switch
-    # ``disable_nagle_algorithm`` (TCP_NODELAY on each accepted socket) removes the stall.
-    handler = getattr(fault_proxy, "_Handler", None)
-    if handler is not None:
-        handler.disable_nagle_algorithm = True
     proxy = fault_proxy.FaultProxy(upstream, max_connections=MAX_CONNECTIONS, seed=0)
     _reply(sys.stdout, True, proxy.start())
     try:
