@@ -166,7 +166,6 @@ def start_dev_server(
         binary,
         "server",
         "-dev",
-        f"-dev-root-token-id={token}",
         f"-dev-listen-address=127.0.0.1:{port}",
     ]
     tight_addr = None
@@ -185,6 +184,7 @@ def start_dev_server(
         args.append(f"-config={config}")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
     env["HOME"] = str(workdir)  # the CLI's token helper writes ~/.vault-token there
+    env["BAO_DEV_ROOT_TOKEN_ID"] = token  # not on the command line, where ps shows it
     with (workdir / "server.log").open("wb") as log:
         proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             args,
