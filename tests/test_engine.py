@@ -326,6 +326,31 @@ def test_mostly_hmac_failures_name_the_secret_as_the_likely_cause(migration: Mig
     assert "most likely not the secret" in str(err.value)
 
 
+def test_a_companion_that_does_not_match_is_a_row_error_on_downgrade_too(
+    migration: Migration,
+) -> None:
+    """Downgrade checks companions as upgrade does: a mismatch is never re-encrypted."""
+    data = seed_invitations(migration, 10)
+    migration.upgrade("0002_invitations")
+    stale = sorted(pk for pk, row in data.items() if row["email"])[2]
+    set_value(migration, stale, email_hmac="0" * 64)
+    before = read_table(migration.engine, "invitations")
+
+    report = migration.downgrade("base", on_error="skip")
+
+    summary = next(t for t in report["tables"] if t["table"] == "invitations")
+    assert [(f["id"], f["column"]) for f in summary["failures"]] == [(str(stale), "email")]
+    assert "HMAC verification failed" in summary["failures"][0]["reason"]
+    after = read_table(migration.engine, "invitations")
+    assert after[stale] == before[stale], "the row must stay as it was, in the new scheme"
+    for col in ("email", "token"):
+        pks = [pk for pk, row in data.items() if pk != stale and row[col] is not None]
+        plains = migration.vault.decrypt(
+            migration.vault.old_key, [after[pk][col] for pk in pks], [None] * len(pks)
+        )
+        assert plains == [data[pk][col] for pk in pks], "the other rows are back in the old scheme"
+
+
 def test_target_key_version_is_pinned(migration: Migration) -> None:
     data = seed_invitations(migration, 4)
     client, mount = migration.vault.client, migration.vault.mount
