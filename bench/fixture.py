@@ -41,6 +41,8 @@ TABLE: Final = "users"
 PRISTINE: Final = "bench_users_pristine"
 MIGRATED: Final = "bench_users_migrated"
 COLUMNS: Final = ("email", "first_name", "last_name")
+#: The revision the engine runs (a) apply; a rewrap starts from it.
+REVISION: Final = "0001_users"
 #: Items per seeding request, no context: hvac's ``encrypt_data`` body has 2 + 2n JSON strings
 #: and OpenBao's listener refuses more than 1,000 (``max_request_json_strings``).
 SEED_BATCH: Final = 400
@@ -121,11 +123,14 @@ class BenchDb:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.text(f"SELECT count(*) FROM {PRISTINE}")).scalar_one())
 
-    def restore(self, rows: int) -> None:
+    def restore(self, rows: int, *, migrated: bool = False) -> None:
         """``users`` := the first ``rows`` pristine rows (by id); no alembic stamp, no checkpoint.
 
         Rows keep the pristine physical order (random with respect to the uuid key, as in a real
         table), and the table is vacuumed and analysed so every measurement starts alike.
+        ``migrated``: the rows as the first engine run left them (their values from
+        :meth:`keep_migrated`; that run's rows, so ``rows`` at most its count), stamped at
+        revision 0001_users as that run left the database: what a rewrap starts from.
         """
         with self.engine.begin() as conn:
             conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version_encryption"))
@@ -137,10 +142,34 @@ class BenchDb:
             ).scalar_one_or_none()
             if cut is None:
                 raise RuntimeError(f"only {self.pristine_count()} seeded rows; {rows} wanted")
-            conn.execute(
-                sa.text(f"INSERT INTO users SELECT * FROM {PRISTINE} WHERE id <= :cut"),
-                {"cut": cut},
-            )
+            if not migrated:
+                conn.execute(
+                    sa.text(f"INSERT INTO users SELECT * FROM {PRISTINE} WHERE id <= :cut"),
+                    {"cut": cut},
+                )
+            else:
+                n = conn.execute(
+                    sa.text(
+                        "INSERT INTO users (id, email, email_hmac, first_name, last_name, "
+                        "created_at) SELECT p.id, m.email, p.email_hmac, m.first_name, "
+                        f"m.last_name, p.created_at FROM {PRISTINE} p JOIN {MIGRATED} m "
+                        "ON m.id = p.id WHERE p.id <= :cut"
+                    ),
+                    {"cut": cut},
+                ).rowcount
+                if n != rows:
+                    raise RuntimeError(f"only {n} migrated rows kept; {rows} wanted")
+                conn.execute(
+                    sa.text(
+                        "CREATE TABLE alembic_version_encryption (version_num VARCHAR(32) "
+                        "NOT NULL, CONSTRAINT alembic_version_encryption_pkc "
+                        "PRIMARY KEY (version_num))"
+                    )
+                )
+                conn.execute(
+                    sa.text("INSERT INTO alembic_version_encryption VALUES (:rev)"),
+                    {"rev": REVISION},
+                )
         self.vacuum(TABLE)
 
     def vacuum(self, table: str) -> None:
@@ -238,6 +267,12 @@ class Vault:
             out.extend(str(r["ciphertext"]) for r in resp["data"]["batch_results"])
         return out
 
+    def rotate_new(self) -> int:
+        """Rotate the new key (``transit/keys/<new key>/rotate``); returns its latest version."""
+        self.client.secrets.transit.rotate_key(name=NEW_KEY, mount_point=MOUNT)
+        key = self.client.secrets.transit.read_key(name=NEW_KEY, mount_point=MOUNT)
+        return int(key["data"]["latest_version"])
+
     def decrypt_new(self, column: str, ciphertexts: Sequence[str]) -> list[str | None]:
         """Decrypt with the new key and ``users.<column>``; None for an item that fails."""
         ctx = b64(f"{TABLE}.{column}")
@@ -327,3 +362,43 @@ def verify_sample(db: BenchDb, vault: Vault, hmac_secret: str, sample: int = 200
         if e is None or f is None or la is None or hmac_hex(hmac_secret, e) != r[1]:
             bad += 1
     return bad
+
+
+def verify_rewrap(
+    db: BenchDb, vault: Vault, hmac_secret: str, version: int, sample: int = 200
+) -> int:
+    """After a rewrap: how many rows are wrong; no value is printed.
+
+    Every value of every row must be at ``version`` of the new key (checked on all rows, by
+    prefix); for a sample of rows, each value must decrypt (new key, its column's context) to
+    the plaintext of the value the engine wrote before the rewrap, and the email must match its
+    HMAC companion.
+    """
+    prefix = f"vault:v{version}:%"
+    with db.engine.connect() as conn:
+        off = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM users WHERE NOT (email LIKE :p AND first_name LIKE :p "
+                "AND last_name LIKE :p)"
+            ),
+            {"p": prefix},
+        ).scalar_one()
+        rows = conn.execute(
+            sa.text(
+                "SELECT u.email, u.first_name, u.last_name, m.email, m.first_name, m.last_name, "
+                f"u.email_hmac FROM users u JOIN {MIGRATED} m ON m.id = u.id "
+                "ORDER BY random() LIMIT :n"
+            ),
+            {"n": sample},
+        ).all()
+    after = [vault.decrypt_new(c, [r[i] for r in rows]) for i, c in enumerate(COLUMNS)]
+    before = [vault.decrypt_new(c, [r[3 + i] for r in rows]) for i, c in enumerate(COLUMNS)]
+    bad = 0
+    for j, r in enumerate(rows):
+        values = [after[i][j] for i in range(len(COLUMNS))]
+        if (
+            any(v is None or v != before[i][j] for i, v in enumerate(values))
+            or hmac_hex(hmac_secret, values[0] or "") != r[6]
+        ):
+            bad += 1
+    return int(off) + bad

@@ -11,6 +11,8 @@ the latency of the measurement and counts requests and items; ``direct=True`` on
                           its checkpoint, per batch, fed precomputed ciphertexts: no Vault.
 (d) :func:`vault_only_run` the engine's batch requests (``TransitClient.decrypt_batch`` then
                           ``encrypt_batch`` per batch), back to back: no database.
+(r) :func:`rewrap_run`    ``context-encryption rewrap`` of the rows (a) migrated, after a
+                          rotation of the new key, timed as (a) is.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from bench.fixture import (
     MOUNT,
     NEW_KEY,
     OLD_KEY,
+    REVISION,
     TABLE,
     USERS_SPEC,
     BenchDb,
@@ -56,14 +59,14 @@ from bench.fixture import (
 )
 
 ROOT: Final = Path(__file__).resolve().parent.parent
-REVISION: Final = "0001_users"
 
 
 @dataclass
 class Point:
     """One measured figure. ``rows_per_s`` is what the ratios use."""
 
-    kind: str  # engine | engine_direct | baseline | db_only | vault_only | vault_only_parallel
+    #: engine | engine_direct | rewrap | baseline | db_only | vault_only | vault_only_parallel
+    kind: str
     latency_ms: float
     rows: int
     seconds: float
@@ -148,11 +151,15 @@ class Bench:
         )
 
 
-def alembic_argv() -> list[str]:
-    exe = Path(sys.executable).with_name("alembic")
+def _cli_argv(script: str, module: str) -> list[str]:
+    exe = Path(sys.executable).with_name(script)
     if exe.exists():
         return [str(exe)]
-    return [sys.executable, "-m", "alembic"]
+    return [sys.executable, "-m", module]
+
+
+def alembic_argv() -> list[str]:
+    return _cli_argv("alembic", "alembic")
 
 
 class EngineRunError(RuntimeError):
@@ -183,7 +190,6 @@ def engine_run(
     b.vault.latency(latency_ms)
     b.vault.reset_stats()
     report = b.workdir / f"report-{time.monotonic_ns()}.json"
-    log_path = b.workdir / "alembic.log"
     argv = [
         *(wrap or []),
         *alembic_argv(),
@@ -200,25 +206,7 @@ def engine_run(
         "upgrade",
         REVISION,
     ]
-    others = _OtherCpu(b)
-    load_before = os.getloadavg()[0]
-    with open(log_path, "wb") as log:
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            argv, cwd=ROOT, env=b.env(direct=direct), stdout=log, stderr=subprocess.STDOUT
-        )
-        watcher = PeakRss(proc.pid)
-        _pid, status, usage = os.wait4(proc.pid, 0)
-        wall = time.monotonic() - started
-        peak_kib = watcher.stop()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    vault_cpu, proxy_cpu = others.stop()
-    load_after = os.getloadavg()[0]
-    stats = b.vault.stats()
-    b.vault.latency(0)
-    if proc.returncode != 0:
-        tail = log_path.read_text(errors="replace")[-3000:]
-        raise EngineRunError(f"alembic exited {proc.returncode}:\n{tail}")
+    ran = _run_measured(b, argv, direct=direct, what="alembic")
     rep = json.loads(report.read_text())
     report.unlink()
     table = next(t for t in rep["tables"] if t["table"] == TABLE)
@@ -237,20 +225,146 @@ def engine_run(
         batch_size=batch_size,
         workers=workers,
         vault_batch_items=vault_batch_items,
-        wall_seconds=wall,
+        wall_seconds=ran.wall,
         # direct: the engine's own count (it leaves out preflight's few requests)
-        vault_requests=int(table["vault_requests"] if direct else stats["total_requests"]),
-        vault_items=None if direct else _items(stats),
+        vault_requests=int(table["vault_requests"] if direct else ran.stats["total_requests"]),
+        vault_items=None if direct else _items(ran.stats),
         # With a wrapper (profiler) this would be the wrapper's peak, not alembic's.
-        peak_rss_mb=round(peak_kib / 1024, 1) if peak_kib and not wrap else None,
-        client_cpu_s=round(usage.ru_utime + usage.ru_stime, 3),
-        vault_cpu_s=vault_cpu,
-        proxy_cpu_s=None if direct else proxy_cpu,
+        peak_rss_mb=ran.peak_rss_mb if not wrap else None,
+        client_cpu_s=ran.cpu_s,
+        vault_cpu_s=ran.vault_cpu_s,
+        proxy_cpu_s=None if direct else ran.proxy_cpu_s,
         extra={
             "engine_vault_requests": table["vault_requests"],
             "batches": table["batches"],
             "changed_concurrently": table["changed_concurrently"],
-            "loadavg_1min_before_after": [round(load_before, 2), round(load_after, 2)],
+            "loadavg_1min_before_after": ran.load,
+        },
+    )
+
+
+@dataclass
+class _Ran:
+    """What :func:`_run_measured` measured of one CLI process."""
+
+    wall: float
+    peak_rss_mb: float | None
+    cpu_s: float
+    vault_cpu_s: float
+    proxy_cpu_s: float
+    load: list[float]
+    stats: dict[str, Any]
+
+
+def _run_measured(b: Bench, argv: list[str], *, direct: bool, what: str) -> _Ran:
+    """Run ``argv`` (an alembic or context-encryption command) with the bench's environment:
+    its wall time, peak RSS and CPU, OpenBao's and the proxy's CPU, the proxy's statistics.
+    Sets the latency back to 0; raises :class:`EngineRunError` when the command fails."""
+    log_path = b.workdir / "cli.log"
+    others = _OtherCpu(b)
+    load_before = os.getloadavg()[0]
+    with open(log_path, "wb") as log:
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, env=b.env(direct=direct), stdout=log, stderr=subprocess.STDOUT
+        )
+        watcher = PeakRss(proc.pid)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - started
+        peak_kib = watcher.stop()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    vault_cpu, proxy_cpu = others.stop()
+    load_after = os.getloadavg()[0]
+    stats = b.vault.stats()
+    b.vault.latency(0)
+    if proc.returncode != 0:
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise EngineRunError(f"{what} exited {proc.returncode}:\n{tail}")
+    return _Ran(
+        wall=wall,
+        peak_rss_mb=round(peak_kib / 1024, 1) if peak_kib else None,
+        cpu_s=round(usage.ru_utime + usage.ru_stime, 3),
+        vault_cpu_s=vault_cpu,
+        proxy_cpu_s=proxy_cpu,
+        load=[round(load_before, 2), round(load_after, 2)],
+        stats=stats,
+    )
+
+
+def rewrap_run(
+    b: Bench,
+    *,
+    rows: int,
+    batch_size: int,
+    workers: int,
+    latency_ms: float,
+    vault_batch_items: int = DEFAULT_VAULT_BATCH_ITEMS,
+) -> Point:
+    """(r): ``context-encryption rewrap --tables users`` of the rows the first (a) migrated.
+
+    Run after a rotation of the new key (:meth:`bench.fixture.Vault.rotate_new`): every value
+    moves to the latest version through ``transit/rewrap`` batches. As (a): a subprocess
+    through the proxy, on ``rows`` rows restored to (a)'s output and stamp, ``seconds`` the
+    command's own time for the table (its report's; the preflight's version scan is in
+    ``wall_seconds``), requests from the proxy's statistics.
+    """
+    b.db.restore(rows, migrated=True)
+    b.vault.latency(latency_ms)
+    b.vault.reset_stats()
+    report = b.workdir / f"rewrap-{time.monotonic_ns()}.json"
+    argv = [
+        *_cli_argv("context-encryption", "app_models.cli"),
+        "rewrap",
+        "--tables",
+        TABLE,
+        "--batch-size",
+        str(batch_size),
+        "--workers",
+        str(workers),
+        "--vault-batch-items",
+        str(vault_batch_items),
+        "--report",
+        str(report),
+    ]
+    ran = _run_measured(b, argv, direct=False, what="context-encryption rewrap")
+    rep = json.loads(report.read_text())
+    report.unlink()
+    table = next(t for t in rep["tables"] if t["table"] == TABLE)
+    moved = sum(c["rewrapped"] for c in table["columns"].values())
+    if (
+        rep["outcome"] != "completed"
+        or rep["values_left_unchanged"]
+        or table["rows_failed"]
+        or table["rows_scanned"] != rows
+        or moved != rows * len(COLUMNS)
+    ):
+        raise EngineRunError(
+            f"rewrap incomplete: outcome {rep['outcome']}, {table['rows_scanned']} rows "
+            f"scanned, {moved} values rewrapped, {table['rows_failed']} rows failed, "
+            f"{rep['values_left_unchanged']} values left (expected {rows} rows, "
+            f"{rows * len(COLUMNS)} values)"
+        )
+    return Point(
+        kind="rewrap",
+        latency_ms=latency_ms,
+        rows=rows,
+        seconds=float(table["seconds"]),
+        batch_size=batch_size,
+        workers=workers,
+        vault_batch_items=vault_batch_items,
+        wall_seconds=ran.wall,
+        vault_requests=int(ran.stats["total_requests"]),
+        vault_items=_items(ran.stats),
+        peak_rss_mb=ran.peak_rss_mb,
+        client_cpu_s=ran.cpu_s,
+        vault_cpu_s=ran.vault_cpu_s,
+        proxy_cpu_s=ran.proxy_cpu_s,
+        extra={
+            "target_key_version": rep["target_key_version"],
+            "engine_vault_requests": table["vault_requests"],
+            "batches": table["batches"],
+            "changed_concurrently": table["changed_concurrently"],
+            "loadavg_1min_before_after": ran.load,
         },
     )
 

@@ -36,7 +36,14 @@ if __package__ in (None, ""):  # python bench/run.py
 
 from app_models.openbao import start_dev_server
 from app_models.settings import DEFAULT_BATCH_SIZE, DEFAULT_VAULT_BATCH_ITEMS, DEFAULT_WORKERS
-from bench.fixture import BenchDb, Vault, openbao_version, seed, verify_sample
+from bench.fixture import (
+    BenchDb,
+    Vault,
+    openbao_version,
+    seed,
+    verify_rewrap,
+    verify_sample,
+)
 from bench.measure import (
     ROOT,
     Bench,
@@ -45,6 +52,7 @@ from bench.measure import (
     db_only_run,
     engine_run,
     profile_run,
+    rewrap_run,
     summarize_profile,
     tempdir,
     vault_only_run,
@@ -132,6 +140,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 _LABEL = {
     "engine": "(a) engine: alembic upgrade",
     "engine_direct": "(a) engine, no proxy",
+    "rewrap": "(r) rewrap after rotation",
     "baseline": "(b) per-row baseline",
     "db_only": "(c) database alone",
     "vault_only": "(d) Vault alone, serial",
@@ -185,6 +194,9 @@ def ratios(main: Sequence[Point], latencies: Sequence[float]) -> dict[str, Any]:
             out[f"engine_{tag}_vs_0ms"] = a.rows_per_s / a0.rows_per_s
         if lat and a and b:
             out[f"engine_vs_baseline_at_{tag}"] = a.rows_per_s / b.rows_per_s
+        rw = _find(main, "rewrap", lat)
+        if a and rw:
+            out[f"rewrap_vs_engine_at_{tag}"] = rw.rows_per_s / a.rows_per_s
         if a and c and d:
             limit = 1 / (1 / c.rows_per_s + 1 / d.rows_per_s)
             out[f"serial_limit_rows_per_s_at_{tag}"] = limit
@@ -203,6 +215,8 @@ def verdicts(r: dict[str, Any]) -> list[str]:
         lines.append(
             f"  {name:<34} {v:>9.2f}   target {op} {target:<5g} {'PASS' if ok else 'MISS'}"
         )
+    for name in sorted(k for k in r if k.startswith("rewrap_vs_engine")):
+        lines.append(f"  {name:<34} {r[name]:>9.2f}   (no target)")
     return lines
 
 
@@ -316,6 +330,29 @@ def main_points(b: Bench, args: argparse.Namespace) -> list[Point]:
                 args.repeat,
             )
         )
+    version = b.vault.rotate_new()
+    _step(f"new key rotated: latest version {version}")
+    for i, lat in enumerate(args.latencies):
+        pts.append(
+            _timed(
+                f"(r) rewrap, {n} rows, batch {bs}, {w} workers, {v} items/request, {lat:g} ms",
+                partial(
+                    rewrap_run,
+                    b,
+                    rows=n,
+                    batch_size=bs,
+                    workers=w,
+                    latency_ms=lat,
+                    vault_batch_items=v,
+                ),
+                args.repeat,
+            )
+        )
+        if i == 0:
+            bad = verify_rewrap(b.db, b.vault, b.hmac_secret, version)
+            if bad:
+                raise RuntimeError(f"{bad} rows are not correctly rewrapped")
+            _step(f"  every value at v{version}; a sample decrypts to its plaintext (HMAC)")
     pts.append(
         _timed(
             f"(c) database alone, batch {bs}",
