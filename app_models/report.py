@@ -108,28 +108,13 @@ class RunReport:
         }
 
     def write(self, path: str) -> bool:
-        """Write the report atomically; never raise. Returns whether it was written.
+        """Write the report atomically (:func:`write_json_atomically`); never raise.
 
-        The JSON goes to a temporary file in the report's own directory, is flushed to disk and
-        then renamed over ``path``, so a reader never sees half a report and a failed write
-        leaves any earlier report as it was. The directory is never created: the settings
-        checked before the run that it exists and takes a new file. A write that fails anyway
-        (the directory removed meanwhile, a full disk) is logged as an error and does not turn
-        the run's own outcome into a traceback.
+        A write that fails anyway (the directory removed meanwhile, a full disk) is logged as
+        an error and does not turn the run's own outcome into a traceback.
         """
-        directory = os.path.dirname(os.path.abspath(path))
-        tmp: str | None = None
-        try:
-            text = json.dumps(self.as_dict(), indent=2, sort_keys=False) + "\n"
-            fd, tmp = tempfile.mkstemp(prefix=REPORT_TEMP_PREFIX, suffix=".json", dir=directory)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            tmp = None
-        except (OSError, TypeError, ValueError) as exc:
-            reason = getattr(exc, "strerror", None) or type(exc).__name__
+        reason = write_json_atomically(path, self.as_dict())
+        if reason is not None:
             log.error(
                 "the report could not be written to %s (%s); the run itself %s",
                 path,
@@ -137,11 +122,35 @@ class RunReport:
                 _OUTCOME_WORDS.get(self.outcome, f"ended as {self.outcome!r}"),
             )
             return False
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
         log.info("report written to %s", path)
         return True
+
+
+def write_json_atomically(path: str, doc: dict[str, Any]) -> str | None:
+    """Write ``doc`` as JSON to ``path``; the reason it could not be written, else None.
+
+    The JSON goes to a temporary file in the report's own directory, is flushed to disk and
+    then renamed over ``path``, so a reader never sees half a report and a failed write leaves
+    any earlier report as it was. The directory is never created: the settings checked before
+    the run that it exists and takes a new file. Never raises for an I/O problem.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp: str | None = None
+    try:
+        text = json.dumps(doc, indent=2) + "\n"
+        fd, tmp = tempfile.mkstemp(prefix=REPORT_TEMP_PREFIX, suffix=".json", dir=directory)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except (OSError, TypeError, ValueError) as exc:
+        return getattr(exc, "strerror", None) or type(exc).__name__
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    return None
 
 
 _OUTCOME_WORDS = {

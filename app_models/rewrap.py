@@ -27,11 +27,8 @@ a stopped migration's checkpoint is refused until that migration is finished.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -73,7 +70,8 @@ from app_models.reencrypt import (
     read_checkpoints,
     schemes,
 )
-from app_models.settings import REPORT_TEMP_PREFIX, Settings
+from app_models.report import write_json_atomically
+from app_models.settings import Settings
 from app_models.tables import ENCRYPTED_COLUMNS, TABLE_NAMES, metadata
 from app_models.transit import (
     MAX_STRING_BYTES,
@@ -332,25 +330,11 @@ class RewrapReport:
         return self.left_unchanged == 0 and not any(t.summary.rows_failed for t in self.tables)
 
     def write(self, path: str) -> bool:
-        """Write the JSON report atomically (temporary file, fsync, rename); never raise."""
-        directory = os.path.dirname(os.path.abspath(path))
-        tmp: str | None = None
-        try:
-            text = json.dumps(self.as_dict(), indent=2) + "\n"
-            fd, tmp = tempfile.mkstemp(prefix=REPORT_TEMP_PREFIX, suffix=".json", dir=directory)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            tmp = None
-        except (OSError, TypeError, ValueError) as exc:
-            reason = getattr(exc, "strerror", None) or type(exc).__name__
+        """Write the JSON report atomically (:func:`write_json_atomically`); never raise."""
+        reason = write_json_atomically(path, self.as_dict())
+        if reason is not None:
             log.error("the rewrap report could not be written to %s (%s)", path, reason)
             return False
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
         return True
 
     def as_dict(self) -> dict[str, Any]:
