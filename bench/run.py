@@ -111,7 +111,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument(
-        "--repeat", type=int, default=2, help="runs of each main (a), (c), (d) point; best kept"
+        "--repeat",
+        type=int,
+        default=2,
+        help="runs of each main (a), (r), (c), (d) point (best kept)",
     )
     p.add_argument("--sweep-repeat", type=int, default=1, help="runs of each sweep point")
     p.add_argument("--profile", type=Path, help="also profile one engine run with py-spy here")
