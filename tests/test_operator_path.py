@@ -6,20 +6,17 @@ fault rather than a whole column. Real PostgreSQL, real OpenBao, the real ``alem
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from app_models.tables import metadata
-from tests.migration_fixtures import ROOT, Migration
+from tests.migration_fixtures import Migration
 from tests.seeding import Plain, pks_with, sample_rows, seed
 from tests.test_preflight import failure, preflight
 from tests.test_readme_commands import readme_policy
-from tests.test_verify import subprocess_verify
+from tests.test_verify import subprocess_tool, subprocess_verify
 
 invitations = metadata.tables["invitations"]
 
@@ -106,15 +103,7 @@ def _token_without(m: Migration, path: str) -> str:
 
 
 def _preflight_text(m: Migration, token: str) -> str:
-    proc = subprocess.run(
-        [str(Path(sys.executable).with_name("context-encryption")), "preflight"],
-        cwd=ROOT,
-        env={**os.environ, **m.env, "VAULT_TOKEN": token},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = subprocess_tool({**m.env, "VAULT_TOKEN": token}, "preflight")
     assert proc.returncode != 0
     assert token not in proc.stdout + proc.stderr
     return proc.stdout + proc.stderr

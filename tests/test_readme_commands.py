@@ -13,13 +13,13 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from app_models.openbao import find_binary
 from tests.migration_fixtures import ROOT, Migration
 from tests.seeding import assert_scheme, sample_rows, seed
+from tests.test_verify import subprocess_tool
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -49,16 +49,9 @@ def test_a_token_from_exactly_the_readme_policy_passes_the_preflight(
         "auth"
     ]["client_token"]
     seed(migration.engine, migration.vault, "users", sample_rows("users", 5), migration.hmac_secret)
-    exe = Path(sys.executable).with_name("context-encryption")
     for direction in ("upgrade", "downgrade"):
-        proc = subprocess.run(
-            [str(exe), "preflight", "--direction", direction, "--json"],
-            cwd=ROOT,
-            env={**os.environ, **migration.env, "VAULT_TOKEN": token},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
+        proc = subprocess_tool(
+            {**migration.env, "VAULT_TOKEN": token}, "preflight", "--direction", direction, "--json"
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert json.loads(proc.stdout)["ok"] is True

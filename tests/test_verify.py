@@ -50,10 +50,15 @@ def non_null(data: dict[Any, Plain], col: str) -> int:
 
 
 def subprocess_verify(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess_tool(env, "verify", *args)
+
+
+def subprocess_tool(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The real ``context-encryption`` console script, with ``env`` over this environment."""
     exe = Path(sys.executable).with_name("context-encryption")
     assert exe.exists(), "run .venv/bin/pip install -e . --group dev once"
     return subprocess.run(
-        [str(exe), "verify", *args],
+        [str(exe), *args],
         cwd=ROOT,
         env={**os.environ, **env},
         capture_output=True,
