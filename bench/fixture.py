@@ -1,6 +1,6 @@
 """What every measurement shares: a throwaway database, OpenBao with both keys, seeded rows.
 
-Vault is a throwaway OpenBao dev server (``app_models.openbao``, in memory) with the test
+Vault is a throwaway OpenBao dev server (``context_encryption.openbao``, in memory) with the test
 suite's fault proxy in front of it (:mod:`bench.proxy`): measured clients talk to the proxy,
 which adds the latency of a measurement and counts its requests; setup, seeding and checks talk
 to the server directly.
@@ -29,10 +29,10 @@ import psycopg
 import sqlalchemy as sa
 from psycopg import sql
 
-from app_models.openbao import DevServer, find_binary
-from app_models.reencrypt import ColumnSpec, TableSpec
+from app_models.specs import ColumnSpec, TableSpec
 from app_models.tables import metadata
 from bench.proxy import ProxyProcess
+from context_encryption.openbao import DevServer, find_binary
 
 OLD_KEY: Final = "pos-encryption-key"
 NEW_KEY: Final = "pos-context-key"

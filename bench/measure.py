@@ -34,16 +34,8 @@ from typing import Any, Final
 import hvac
 import sqlalchemy as sa
 
-from app_models.reencrypt import (
-    Direction,
-    _Checkpointer,
-    _Db,
-    _Row,
-    ensure_checkpoint_table,
-)
-from app_models.settings import DEFAULT_VAULT_BATCH_ITEMS, Secret, Settings
+from app_models.specs import Direction
 from app_models.tables import context_string
-from app_models.transit import DecryptRequest, EncryptRequest, RequestLimits, TransitClient
 from bench.fixture import (
     COLUMNS,
     MOUNT,
@@ -57,6 +49,14 @@ from bench.fixture import (
     b64,
     hmac_hex,
 )
+from context_encryption.reencrypt import (
+    _Checkpointer,
+    _Db,
+    _Row,
+    ensure_checkpoint_table,
+)
+from context_encryption.settings import DEFAULT_VAULT_BATCH_ITEMS, Secret, Settings
+from context_encryption.transit import DecryptRequest, EncryptRequest, RequestLimits, TransitClient
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 
@@ -313,7 +313,7 @@ def rewrap_run(
     b.vault.reset_stats()
     report = b.workdir / f"rewrap-{time.monotonic_ns()}.json"
     argv = [
-        *_cli_argv("context-encryption", "app_models.cli"),
+        *_cli_argv("context-encryption", "context_encryption.cli"),
         "rewrap",
         "--tables",
         TABLE,

@@ -1,6 +1,6 @@
-"""The test suite's fault proxy (``tests/fault_proxy.py``), hosted in a process of its own.
+"""The test suite's fault proxy (``tests/support/fault_proxy.py``), hosted in a process of its own.
 
-The benchmark puts :class:`tests.fault_proxy.FaultProxy` between every measured client and
+The benchmark puts :class:`tests.support.fault_proxy.FaultProxy` between every measured client and
 OpenBao to add latency (``set(latency_ms=20)``), as a Vault across a network would, and to count
 the requests and items each measurement sends. The proxy is Python and threaded: in the bench
 process it would share one interpreter lock with the clients of (b) and (d) and slow them down
@@ -38,7 +38,7 @@ def serve(upstream: str) -> int:
     """The child: start a FaultProxy to ``upstream``, print its address, then obey stdin."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from tests import fault_proxy  # noqa: PLC0415 - only in the child
+    from tests.support import fault_proxy  # noqa: PLC0415 - only in the child
 
     proxy = fault_proxy.FaultProxy(upstream, max_connections=MAX_CONNECTIONS, seed=0)
     _reply(sys.stdout, True, proxy.start())
@@ -61,7 +61,7 @@ def serve(upstream: str) -> int:
 
 
 class ProxyProcess:
-    """A :class:`tests.fault_proxy.FaultProxy` to ``upstream`` in a child process."""
+    """A :class:`tests.support.fault_proxy.FaultProxy` to ``upstream`` in a child process."""
 
     def __init__(self, upstream: str) -> None:
         self._proc = subprocess.Popen(  # our own module, fixed argv

@@ -34,8 +34,6 @@ import sqlalchemy as sa
 if __package__ in (None, ""):  # python bench/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app_models.openbao import start_dev_server
-from app_models.settings import DEFAULT_BATCH_SIZE, DEFAULT_VAULT_BATCH_ITEMS, DEFAULT_WORKERS
 from bench.fixture import (
     BenchDb,
     Vault,
@@ -58,6 +56,12 @@ from bench.measure import (
     vault_only_run,
 )
 from bench.proxy import ProxyProcess
+from context_encryption.openbao import start_dev_server
+from context_encryption.settings import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_VAULT_BATCH_ITEMS,
+    DEFAULT_WORKERS,
+)
 
 TARGETS: Final = {
     "engine_vs_baseline_at_0ms": 30.0,
@@ -246,7 +250,7 @@ def machine() -> dict[str, Any]:
         check=False,
     ).stdout.strip()
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--", "app_models", "migrations"],
+        ["git", "status", "--porcelain", "--", "app_models", "context_encryption", "migrations"],
         cwd=ROOT,
         capture_output=True,
         text=True,

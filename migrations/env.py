@@ -1,7 +1,8 @@
 """Alembic environment of the context-encryption data migrations.
 
 Online only: the revisions read and rewrite rows through Vault, which offline ``--sql`` mode
-cannot do. Settings come from the environment and ``-x`` (see :mod:`app_models.settings`) and
+cannot do. Settings come from the environment and ``-x`` (see
+:mod:`context_encryption.settings`) and
 are validated before any work. A caller (tests, the demo) may hand in a connection (or an
 Engine) through ``config.attributes["connection"]``; otherwise an engine is built from
 ``DATABASE_URL`` / ``-x db``. Each revision runs in its own transaction
@@ -10,7 +11,8 @@ back, so nothing is stamped.
 
 Checkpoints and the stamp: before any work, an ``upgrade``/``downgrade`` (live or dry run, even
 one with nothing to do) refuses to start while a table outside the revisions it runs holds a
-stopped run's checkpoint (:func:`app_models.plan.check_checkpoints`). Every change of the stamp
+stopped run's checkpoint (:func:`context_encryption.plan.check_checkpoints`). Every change of the
+stamp
 by a live command, ``alembic stamp`` included, marks the checkpoints left stale in the stamp's
 own transaction (Alembic's ``on_version_apply``), so that no later run resumes one of them.
 """
@@ -28,20 +30,20 @@ from alembic import context
 from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.util import CommandError
 
-from app_models import logsafety
-from app_models.errors import ContextEncryptionError, database_error_message
-from app_models.migration import RUNTIME_KEY, TRANSIT_FACTORY_KEY, single_run
-from app_models.plan import check_checkpoints, check_table_filter, is_stamp, plan
-from app_models.preflight import disable_row_security, require_database, run_preflight
-from app_models.reencrypt import (
+from context_encryption import logsafety
+from context_encryption.errors import ContextEncryptionError, database_error_message
+from context_encryption.migration import RUNTIME_KEY, TRANSIT_FACTORY_KEY, single_run
+from context_encryption.plan import check_checkpoints, check_table_filter, is_stamp, plan
+from context_encryption.preflight import disable_row_security, require_database, run_preflight
+from context_encryption.reencrypt import (
     VERSION_TABLE,
     RunContext,
     invalidate_checkpoints,
     read_checkpoints,
 )
-from app_models.report import COMPLETED_WITH_SKIPPED_ROWS, RunReport
-from app_models.settings import Settings, load_settings
-from app_models.transit import RequestLimits, TokenKeeper, TransitClient
+from context_encryption.report import COMPLETED_WITH_SKIPPED_ROWS, RunReport
+from context_encryption.settings import Settings, load_settings
+from context_encryption.transit import RequestLimits, TokenKeeper, TransitClient
 
 config = context.config
 

@@ -1,3 +1,7 @@
 """Shared fixtures: real PostgreSQL, a real Vault (OpenBao), the migration run as operators do."""
 
-pytest_plugins = ["tests.db_fixtures", "tests.vault_fixtures", "tests.migration_fixtures"]
+pytest_plugins = [
+    "tests.support.db_fixtures",
+    "tests.support.vault_fixtures",
+    "tests.support.migration_fixtures",
+]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from app_models.migration import run_revision
-from app_models.reencrypt import ColumnSpec, Direction, TableSpec
+from app_models.specs import ColumnSpec, Direction, TableSpec
 
 revision = "0004_delivery_addresses"
 down_revision = "0003_guest_orders"

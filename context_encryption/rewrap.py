@@ -1,0 +1,677 @@
+"""``context-encryption rewrap``: every new-scheme value of a table onto one key version.
+
+With convergent encryption the same plaintext gives a different ciphertext under each version
+of the new key, so once ``pos-context-key`` is rotated, an equality lookup with one version
+misses the values stored with another. A rewrap moves every new-scheme value of the chosen
+tables to one version (the latest, pinned at the start, or ``--to-version N``) through
+``transit/rewrap/<new key>`` batches, each value with its column's context. Vault decrypts and
+re-encrypts inside itself: no new-scheme plaintext reaches this process.
+
+It runs on the migration's engine (:mod:`context_encryption.reencrypt`), with a rewrap strategy for
+each batch (:class:`RewrapRows`): keyset streaming, the compare-and-swap write (no concurrent
+update lost), the durable checkpoint (revision ``rewrap:<table>``, direction ``rewrap``: never a
+migration's), the pinned key version with its fingerprint probe, workers, progress, dry run, the
+JSON report, request limits and the database's run lock (one live run, migration or rewrap, at
+a time). HMAC companions are never written (they are compared, so a concurrent change of one is
+not overwritten either).
+
+Each value is classified by its rewrap: NULL; rewrapped; already at the target version (left
+alone, counted); or, when the new key with the column's context cannot read it, reported by
+primary key and left as it is: plaintext (no ``vault:`` prefix), old scheme (the old key without
+context decrypts it: that trial's plaintext is dropped unread), or unreadable. Such values never
+stop the run and never hold other columns of their row back.
+
+Only tables whose revision is applied (expected in the new scheme) are rewrapped; a table with
+a stopped migration's checkpoint is refused until that migration is finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import sqlalchemy as sa
+
+from app_models.specs import ColumnSpec, Direction, TableSpec
+from app_models.tables import ENCRYPTED_COLUMNS, TABLE_NAMES, metadata
+from context_encryption.errors import (
+    ConfigurationError,
+    ContextEncryptionError,
+    MigrationAborted,
+    PreflightError,
+    RowError,
+)
+from context_encryption.migration import single_run
+from context_encryption.preflight import (
+    DEFAULT_MIN_TOKEN_TTL,
+    PreflightReport,
+    check_database,
+    check_row_security,
+    check_token,
+    check_vault,
+    disable_row_security,
+    scan_table_versions,
+)
+from context_encryption.reencrypt import (
+    VAULT_PREFIX,
+    Outcome,
+    RunContext,
+    Scheme,
+    TableSummary,
+    _Row,
+    _TableRun,
+    clear_checkpoints,
+    ensure_checkpoint_table,
+    read_checkpoints,
+    schemes,
+)
+from context_encryption.report import write_json_atomically
+from context_encryption.settings import Settings
+from context_encryption.transit import (
+    MAX_STRING_BYTES,
+    TOO_OLD,
+    DecryptRequest,
+    KeyInfo,
+    RewrapRequest,
+    TransitClient,
+)
+from context_encryption.verify import applied_tables, current_revision
+
+log = logging.getLogger("context_encryption")
+
+#: Checkpoint revision of a table's rewrap (direction ``rewrap``).
+REVISION_PREFIX: Final = "rewrap:"
+_VERSION = re.compile(r"^vault:v([0-9]{1,9}):")
+
+#: kinds of the values a rewrap reports and leaves as they are
+PLAINTEXT: Final = "plaintext"
+OLD_SCHEME: Final = "old_scheme"
+UNREADABLE: Final = "unreadable"
+NOTE_KINDS: Final = (PLAINTEXT, OLD_SCHEME, UNREADABLE)
+
+
+def rewrap_revision(table: str) -> str:
+    """The checkpoint revision of ``table``'s rewrap (never one of the chain's)."""
+    return f"{REVISION_PREFIX}{table}"
+
+
+def key_version(ciphertext: str) -> int | None:
+    """The key version in a ``vault:v<N>:`` prefix (0 reads as 1, as Vault does)."""
+    m = _VERSION.match(ciphertext)
+    return max(1, int(m.group(1))) if m else None
+
+
+# --------------------------------------------------------------------------------------------
+# one batch
+# --------------------------------------------------------------------------------------------
+
+
+class RewrapRows:
+    """The engine's per-batch strategy for a rewrap.
+
+    A :class:`~context_encryption.reencrypt.RowProcessor`.
+
+    Values it cannot rewrap are not row errors: they are kept here by (column, primary key),
+    so a row re-read after a concurrent change is noted once, as it is now. Thread safe.
+    """
+
+    def __init__(self, old_key: str) -> None:
+        self.old_key = old_key
+        self._lock = threading.Lock()
+        self._notes: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def notes(self) -> dict[tuple[str, str], tuple[str, str]]:
+        """{(column, primary key): (kind, reason)} of the values left as they are."""
+        with self._lock:
+            return dict(self._notes)
+
+    def _note(self, col: str, pk: Any, kind: str, reason: str) -> None:
+        with self._lock:
+            self._notes[(col, str(pk))] = (kind, reason)
+
+    def _forget(self, col: str, pk: Any) -> None:
+        with self._lock:
+            self._notes.pop((col, str(pk)), None)
+
+    def __call__(
+        self,
+        rows: Sequence[_Row],
+        spec: TableSpec,
+        *,
+        source: Scheme,  # noqa: ARG002 (the RowProcessor signature: a rewrap's is the target)
+        target: Scheme,
+        target_version: int,
+        settings: Settings,  # noqa: ARG002
+        transit: TransitClient,
+    ) -> None:
+        table = spec.name
+        todo: list[tuple[_Row, ColumnSpec, str]] = []
+        for row in rows:
+            for col in spec.columns:
+                value = row.values[col.name]
+                if value is None:
+                    row.outcomes[col.name] = Outcome.NULL
+                    self._forget(col.name, row.pk)
+                elif not value.startswith(VAULT_PREFIX):
+                    self._note(
+                        col.name,
+                        row.pk,
+                        PLAINTEXT,
+                        "holds plaintext (no 'vault:' prefix); a rewrap leaves it as it is",
+                    )
+                elif len(value) > MAX_STRING_BYTES:
+                    self._note(
+                        col.name, row.pk, UNREADABLE, "longer than Vault's 1 MiB string limit"
+                    )
+                else:
+                    todo.append((row, col, value))
+        if not todo:
+            return
+        results = transit.rewrap_batch(
+            target.key,
+            [RewrapRequest(v, target.context(table, c.name)) for _r, c, v in todo],
+            key_version=target_version,
+        )
+        failed: list[tuple[_Row, ColumnSpec, str, str]] = []
+        for (row, col, value), res in zip(todo, results, strict=True):
+            if res.error is not None or not res.value or not res.value.startswith(VAULT_PREFIX):
+                failed.append((row, col, value, res.error or "no ciphertext in Vault's answer"))
+                continue
+            self._forget(col.name, row.pk)
+            if key_version(value) == target_version:
+                row.outcomes[col.name] = Outcome.ALREADY
+            elif len(res.value) > MAX_STRING_BYTES:
+                row.outcomes[col.name] = Outcome.FAILED
+                row.errors.append(
+                    RowError(table, col.name, row.pk, "its rewrapped ciphertext is over 1 MiB")
+                )
+            else:
+                row.new[col.name] = res.value
+                row.outcomes[col.name] = Outcome.MIGRATED
+        if failed:
+            self._classify(failed, table, target, transit)
+
+    def _classify(
+        self,
+        failed: list[tuple[_Row, ColumnSpec, str, str]],
+        table: str,
+        target: Scheme,
+        transit: TransitClient,
+    ) -> None:
+        """Old scheme or unreadable: a trial decrypt with the old key, its plaintext dropped."""
+        trial = transit.decrypt_batch(
+            self.old_key, [DecryptRequest(v, None) for *_, v, _e in failed]
+        )
+        for (row, col, _v, error), res in zip(failed, trial, strict=True):
+            if res.ok:
+                self._note(
+                    col.name,
+                    row.pk,
+                    OLD_SCHEME,
+                    f"is in the old scheme (key {self.old_key!r} without context), not the new "
+                    "one; a rewrap leaves it as it is: migrate it (README runbook, step 9)",
+                )
+            elif TOO_OLD in error:
+                self._note(
+                    col.name,
+                    row.pk,
+                    UNREADABLE,
+                    f"its version is below the min_decryption_version of "
+                    f"{target.describe(table, col.name)} (Vault: disallowed by policy (too old))",
+                )
+            else:
+                self._note(
+                    col.name,
+                    row.pk,
+                    UNREADABLE,
+                    f"unreadable: Vault says {error!r} for {target.describe(table, col.name)} "
+                    f"and {res.error!r} for key {self.old_key!r} without context",
+                )
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RewrapTable:
+    """One table's rewrap: the engine's summary and the values left as they are."""
+
+    summary: TableSummary
+    notes: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    versions_before: dict[str, dict[int, int]] = field(default_factory=dict)
+
+    def left(self, column: str, kind: str) -> int:
+        return sum(1 for (c, _pk), (k, _r) in self.notes.items() if c == column and k == kind)
+
+    def as_dict(self) -> dict[str, Any]:
+        s = self.summary
+        columns: dict[str, Any] = {}
+        for col in ENCRYPTED_COLUMNS[s.table]:
+            c = s.columns.get(col.name)
+            columns[col.name] = {
+                "rewrapped": c.migrated if c else 0,
+                "already_at_target": c.already_migrated if c else 0,
+                "null": c.null if c else 0,
+                "failed": c.failed if c else 0,
+                **{kind: self.left(col.name, kind) for kind in NOTE_KINDS},
+                "versions_before": {
+                    str(v): n for v, n in sorted(self.versions_before.get(col.name, {}).items())
+                },
+            }
+        left = [
+            {"column": c, "id": pk, "kind": k, "reason": r}
+            for (c, pk), (k, r) in sorted(self.notes.items())
+        ]
+        return {
+            "table": s.table,
+            "checkpoint_revision": s.revision,
+            "status": s.status,
+            "dry_run": s.dry_run,
+            "target_key_version": s.target_key_version,
+            "rows_scanned": s.rows_scanned,
+            "rows_written": s.rows_written,
+            "rows_failed": s.rows_failed,
+            "changed_concurrently": s.changed_concurrently,
+            "deleted_concurrently": s.deleted_concurrently,
+            "batches": s.batches,
+            "vault_requests": s.vault_requests,
+            "seconds": round(s.seconds, 3),
+            "resumed_after": s.resumed_after,
+            "columns": columns,
+            "left_unchanged": left[:10_000],
+            "failures": s.failures,
+        }
+
+    def lines(self) -> list[str]:
+        s = self.summary
+        verb = "would rewrap" if s.dry_run else "rewrapped"
+        out = [
+            f"{s.table}: {s.rows_scanned} rows scanned, {s.rows_written} rows written, "
+            f"to version {s.target_key_version}"
+            + (f" (resumed after id={s.resumed_after})" if s.resumed_after else "")
+            + f", {s.vault_requests} Vault requests, {s.seconds:.1f}s"
+        ]
+        for name, c in self.as_dict()["columns"].items():
+            left = ", ".join(f"{kind.replace('_', ' ')} {c[kind]}" for kind in NOTE_KINDS)
+            out.append(
+                f"  {s.table}.{name}: {verb} {c['rewrapped']}, already at v"
+                f"{s.target_key_version} {c['already_at_target']}, NULL {c['null']}, "
+                f"left as they are: {left}" + (f", failed {c['failed']}" if c["failed"] else "")
+            )
+        return out
+
+
+@dataclass
+class RewrapReport:
+    """What ``context-encryption rewrap`` did: per table, counts and primary keys only."""
+
+    settings: Settings
+    revision: str | None = None
+    key_version: int = 0
+    latest_version: int = 0
+    min_decryption_version: int = 0
+    tables: list[RewrapTable] = field(default_factory=list)
+    outcome: str = "running"
+    error: str | None = None
+
+    @property
+    def left_unchanged(self) -> int:
+        return sum(len(t.notes) for t in self.tables)
+
+    @property
+    def ok(self) -> bool:
+        """Every value in scope is at the target version (or NULL): nothing left, none failed."""
+        return self.left_unchanged == 0 and not any(t.summary.rows_failed for t in self.tables)
+
+    def write(self, path: str) -> bool:
+        """Write the JSON report atomically (:func:`write_json_atomically`); never raise."""
+        reason = write_json_atomically(path, self.as_dict())
+        if reason is not None:
+            log.error("the rewrap report could not be written to %s (%s)", path, reason)
+            return False
+        return True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tool": "context-encryption rewrap",
+            "outcome": self.outcome,
+            "error": self.error,
+            "dry_run": self.settings.dry_run,
+            "revision": self.revision,
+            "key": self.settings.new_key,
+            "mount": self.settings.transit_mount,
+            "target_key_version": self.key_version,
+            "key_latest_version": self.latest_version,
+            "key_min_decryption_version": self.min_decryption_version,
+            "values_left_unchanged": self.left_unchanged,
+            "settings": self.settings.public_dict(),
+            "tables": [t.as_dict() for t in self.tables],
+        }
+
+
+def target_version(info: KeyInfo, requested: int | None, mount: str) -> int:
+    """The version a rewrap pins: ``requested`` (None: the latest), within the key's range."""
+    if requested is None:
+        return info.latest_version
+    if requested > info.latest_version:
+        raise ConfigurationError(
+            f"--to-version {requested} is above key {info.name!r}'s latest version "
+            f"{info.latest_version}; rotate it first (vault write -f "
+            f"{mount}/keys/{info.name}/rotate) or choose a version it has"
+        )
+    if requested < max(1, info.min_decryption_version):
+        raise ConfigurationError(
+            f"--to-version {requested} is below key {info.name!r}'s min_decryption_version "
+            f"{info.min_decryption_version}: Vault could not decrypt values at that version. "
+            f"Choose {info.min_decryption_version}..{info.latest_version}"
+        )
+    return requested
+
+
+def read_new_key(transit: TransitClient, settings: Settings) -> KeyInfo:
+    info = transit.read_key(settings.new_key)
+    mount = settings.transit_mount
+    if info is None:
+        raise PreflightError(
+            f"the new key {settings.new_key!r} does not exist on mount {mount!r}: check "
+            "VAULT_NEW_KEY / VAULT_TRANSIT_MOUNT (a rewrap only moves values between its versions)"
+        )
+    if not (info.derived and info.convergent):
+        raise PreflightError(
+            f"the new key {settings.new_key!r} is not derived + convergent: check VAULT_NEW_KEY"
+        )
+    return info
+
+
+def rewrap_scope(settings: Settings, conn: sa.Connection) -> tuple[str | None, list[str]]:
+    """(current revision, the tables to rewrap): those whose revision is applied.
+
+    A table named with ``--tables`` whose revision is not applied, or any table in scope with
+    a stopped migration's checkpoint, stops the command before any work.
+    """
+    revision = current_revision(conn)
+    applied = applied_tables(revision)
+    if settings.tables is not None:
+        outside = [t for t in settings.tables if t not in applied]
+        if outside:
+            raise ConfigurationError(
+                f"--tables names {', '.join(outside)}, whose revision is not applied (current "
+                f"revision {revision or 'base'}): those values are in the old scheme, which a "
+                "rewrap does not touch. Migrate them first (alembic upgrade), or leave them out"
+            )
+    scope = [t for t in TABLE_NAMES if t in applied and settings.table_selected(t)]
+    stopped = [
+        c
+        for c in read_checkpoints(conn)
+        if c.direction != Direction.REWRAP.value and c.table_name in scope
+    ]
+    if stopped:
+        raise PreflightError(
+            "a migration of "
+            + ", ".join(f"{c.table_name} ({c.revision}, {c.run})" for c in stopped)
+            + " stopped and was not finished: the table holds values of both schemes. Finish "
+            "it first (run the same alembic command again), then rewrap"
+        )
+    return revision, scope
+
+
+def table_spec(table: str) -> TableSpec:
+    """The live table's encrypted columns and companions (a rewrap is no frozen revision)."""
+    return TableSpec(
+        metadata.tables[table],
+        tuple(ColumnSpec(c.name, c.hmac_column) for c in ENCRYPTED_COLUMNS[table]),
+    )
+
+
+def rewrap_tables(
+    settings: Settings,
+    *,
+    engine: sa.Engine,
+    transit_factory: Callable[[], TransitClient],
+    to_version: int | None = None,
+    report: RewrapReport | None = None,
+    progress_interval: float = 5.0,
+) -> RewrapReport:
+    """Rewrap every applied table in scope to one version of the new key.
+
+    Holds the database's run lock for the whole command. Raises
+    :class:`~context_encryption.errors.ContextEncryptionError` subclasses for what stops it; the
+    report (given or new) holds what was done until then.
+    """
+    report = report if report is not None else RewrapReport(settings)
+    with engine.connect() as lock_conn, single_run(lock_conn):
+        with engine.connect() as conn:
+            disable_row_security(conn)
+            report.revision, scope = rewrap_scope(settings, conn)
+            conn.rollback()
+        transit = transit_factory()
+        try:
+            info = read_new_key(transit, settings)
+            report.latest_version = info.latest_version
+            report.min_decryption_version = info.min_decryption_version
+            version = target_version(info, to_version, settings.transit_mount)
+            run = RunContext(
+                settings=settings,
+                transit_factory=transit_factory,
+                progress_interval=progress_interval,
+            )
+            _source, target = schemes(settings, Direction.REWRAP)
+            report.key_version = run.pin_version(transit, target, version).version
+            if not scope:
+                log.warning(
+                    "rewrap: no table to rewrap (revision %s applies none of those selected)",
+                    report.revision or "base",
+                )
+            if not settings.dry_run:
+                ensure_checkpoint_table(engine)
+            for table in scope:
+                _rewrap_one(engine, settings, run, table, report.tables)
+        finally:
+            transit.close()
+    report.outcome = "dry-run" if settings.dry_run else "completed"
+    return report
+
+
+def _rewrap_one(
+    engine: sa.Engine,
+    settings: Settings,
+    run: RunContext,
+    table: str,
+    results: list[RewrapTable],
+) -> RewrapTable:
+    spec = table_spec(table)
+    revision = rewrap_revision(table)
+    summary = TableSummary(table, revision, Direction.REWRAP.value, settings.dry_run)
+    processor = RewrapRows(settings.old_key)
+    result = RewrapTable(summary)
+    results.append(result)  # in the report even when the run stops on this table
+    with engine.connect() as conn:
+        disable_row_security(conn)
+        result.versions_before = scan_table_versions(conn, table, [c.name for c in spec.columns])
+        conn.rollback()
+    table_run = _TableRun(
+        engine,
+        spec,
+        revision=revision,
+        direction=Direction.REWRAP,
+        run=run,
+        summary=summary,
+        processor=processor,
+    )
+    try:
+        table_run.execute()
+    except BaseException:
+        summary.status = "stopped"
+        result.notes = processor.notes()
+        raise
+    result.notes = processor.notes()
+    aborted = bool(summary.rows_failed) and settings.on_error == "abort" and not settings.dry_run
+    summary.status = "dry-run" if settings.dry_run else "aborted" if aborted else "completed"
+    for line in result.lines():
+        log.info("%s", line)
+    if aborted:
+        shown = "\n".join(
+            f"  {table}.{f['column']} id={f['id']}: {f['reason']}" for f in summary.failures[:20]
+        )
+        raise MigrationAborted(
+            f"{table}: {summary.rows_failed} row(s) could not be rewrapped (on-error=abort); "
+            "committed batches stay, and running the same command again resumes from the "
+            f"checkpoint\n{shown}"
+        )
+    if not settings.dry_run:
+        with engine.begin() as conn:
+            disable_row_security(conn)
+            clear_checkpoints(conn, revision)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# preflight (`context-encryption preflight --direction rewrap`, and before every rewrap)
+# --------------------------------------------------------------------------------------------
+
+
+def rewrap_capabilities(settings: Settings) -> list[tuple[str, str]]:
+    """(path, capability) pairs a rewrap needs on the Transit mount."""
+    m, old, new = settings.transit_mount, settings.old_key, settings.new_key
+    return [
+        (f"{m}/rewrap/{new}", "update"),
+        (f"{m}/keys/{new}", "read"),
+        # the pinned version's fingerprint probe: encrypted at pin time, decrypted before writes
+        (f"{m}/encrypt/{new}", "update"),
+        (f"{m}/decrypt/{new}", "update"),
+        # a value the new key cannot read is trial-decrypted with the old key to classify it
+        (f"{m}/decrypt/{old}", "update"),
+    ]
+
+
+def rewrap_preflight(
+    settings: Settings,
+    *,
+    engine: sa.Engine,
+    transit_factory: Callable[[], TransitClient],
+    min_token_ttl: int = DEFAULT_MIN_TOKEN_TTL,
+) -> PreflightReport:
+    """What a rewrap needs, checked before its first row; never raises for a failed check.
+
+    Database; Vault and token; ``update`` on ``<mount>/rewrap/<new key>`` (and the probe's and
+    classification's paths); the new key (derived + convergent), its ``min_decryption_version``
+    and ``latest_version``; the tables in scope (applied revisions, no stopped migration), every
+    row visible; and the key versions found in their data, each of which Vault must still
+    decrypt. ``report.versions`` maps ``table.column`` to {version: count}.
+    """
+    report = PreflightReport("rewrap", ())
+    if not check_database(report, engine):
+        return report
+    scope: list[str] = []
+    try:
+        with engine.connect() as conn:
+            disable_row_security(conn)
+            _rev, scope = rewrap_scope(settings, conn)
+    except ContextEncryptionError as exc:
+        report.add("tables", False, str(exc), "see the message")
+    else:
+        report.tables = tuple(scope)
+        report.add(
+            "tables",
+            True,
+            f"to rewrap: {', '.join(scope)}" if scope else "no applied table in scope",
+        )
+    info: KeyInfo | None = None
+    if settings.vault_addr and settings.vault_token is not None:
+        transit = transit_factory()
+        try:
+            if check_vault(report, transit, settings.vault_addr) and check_token(
+                report, transit, min_token_ttl
+            ):
+                _check_rewrap_capabilities(report, settings, transit)
+                try:
+                    info = read_new_key(transit, settings)
+                except ContextEncryptionError as exc:
+                    report.add("new key", False, str(exc), "check VAULT_NEW_KEY")
+                else:
+                    report.add(
+                        "new key",
+                        True,
+                        f"{info.name!r}: latest_version {info.latest_version}, "
+                        f"min_decryption_version {info.min_decryption_version}, "
+                        f"min_encryption_version {info.min_encryption_version}",
+                    )
+        finally:
+            transit.close()
+    else:
+        report.add("vault", False, "no Vault address or token", "set VAULT_ADDR and VAULT_TOKEN")
+    hidden = check_row_security(report, engine, scope) if scope else set()
+    readable = [t for t in scope if t not in hidden]
+    with engine.connect() as conn:
+        disable_row_security(conn)
+        for table in readable:
+            scanned = scan_table_versions(conn, table, [c.name for c in ENCRYPTED_COLUMNS[table]])
+            for col, versions in scanned.items():
+                report.versions[f"{table}.{col}"] = versions
+    if info is not None:
+        lo, hi = info.min_decryption_version, info.latest_version
+        outside = {
+            name: sorted(v for v in d if not lo <= max(v, 1) <= hi)
+            for name, d in report.versions.items()
+        }
+        outside = {k: v for k, v in outside.items() if v}
+        seen = sorted({v for d in report.versions.values() for v in d})
+        if outside:
+            report.add(
+                "data versions",
+                False,
+                "key versions in the data the new key cannot decrypt ("
+                + "; ".join(f"{k}: {v}" for k, v in outside.items())
+                + f"; it decrypts {lo}..{hi}): those values cannot be rewrapped",
+                f"lower min_decryption_version: vault write {settings.transit_mount}/keys/"
+                f"{info.name}/config min_decryption_version=<lowest version in the data>",
+            )
+        else:
+            split = sorted(k for k, d in report.versions.items() if len(d) > 1)
+            report.add(
+                "data versions",
+                True,
+                f"ciphertext versions in scope {seen or 'none'}; the new key decrypts {lo}..{hi}"
+                + (f"; split across versions: {', '.join(split)}" if split else ""),
+            )
+    return report
+
+
+def _check_rewrap_capabilities(
+    report: PreflightReport, settings: Settings, transit: TransitClient
+) -> None:
+    needed = rewrap_capabilities(settings)
+    hcl = "\n".join(f'path "{p}" {{ capabilities = ["{c}"] }}' for p, c in needed)
+    try:
+        caps = transit.capabilities_self([p for p, _c in needed])
+    except ContextEncryptionError as exc:
+        report.add(
+            "capabilities",
+            False,
+            f"cannot check the token's capabilities (sys/capabilities-self: {exc})",
+            f"give the token a policy with:\n{hcl}",
+        )
+        return
+
+    def has(path: str, cap: str) -> bool:
+        got = caps.get(path, [])
+        return "deny" not in got and ("root" in got or cap in got)
+
+    missing = [(p, c) for p, c in needed if not has(p, c)]
+    if missing:
+        report.add(
+            "capabilities",
+            False,
+            "the token lacks "
+            + ", ".join(f"{c} on {p}" for p, c in missing)
+            + "; Vault would answer 'permission denied' during the rewrap",
+            f"give the token a policy with:\n{hcl}",
+        )
+        return
+    report.add("capabilities", True, f"the token may rewrap ({len(needed)} paths checked)")

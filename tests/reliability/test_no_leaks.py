@@ -1,0 +1,319 @@
+"""Secrets stay secret (issue 5, point 6).
+
+Upgrade, downgrade, dry runs, ``context-encryption verify`` and failing runs are made with every
+logger at DEBUG, as the operator's CLI (a copy of ``alembic.ini`` with every level at DEBUG,
+passed with ``alembic -c``) and in-process (the root logger and every library logger at DEBUG,
+captured by caplog). No seeded plaintext, the Vault token, the HMAC secret or the database
+password may appear in stdout, stderr, any log record or any JSON report.
+
+The database password belongs to a PostgreSQL role made for the test (trust authentication does
+not check it, but it is in the URL every run uses).
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from alembic.util import CommandError
+from psycopg import sql
+
+from app_models.tables import TABLE_NAMES
+from context_encryption import cli
+from tests.support.migration_fixtures import ROOT, Migration
+from tests.support.reliability_helpers import run_alembic, set_values
+from tests.support.seeding import pks_with, read_table, sample_rows, seed
+
+LOGGERS = (
+    "",
+    "sqlalchemy",
+    "sqlalchemy.engine",
+    "alembic",
+    "context_encryption",
+    "urllib3",
+    "hvac",
+)
+
+
+@pytest.fixture
+def db_password(migration: Migration, pg_admin_url: sa.URL) -> Iterator[str]:
+    """A role with a password owning nothing yet; DATABASE_URL switched to it."""
+    role = f"leak_{secrets.token_hex(4)}"
+    password = f"pw-{secrets.token_hex(12)}"
+    admin = pg_admin_url.set(drivername="postgresql").render_as_string(hide_password=False)
+    test_db = migration.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(password)
+            )
+        )
+    with psycopg.connect(test_db, autocommit=True) as conn:
+        for stmt in (
+            "GRANT ALL ON SCHEMA public TO {}",
+            "GRANT ALL ON ALL TABLES IN SCHEMA public TO {}",
+            "GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {}",
+        ):
+            conn.execute(sql.SQL(stmt).format(sql.Identifier(role)))
+    url = migration.url.set(username=role, password=password)
+    migration.env["DATABASE_URL"] = url.render_as_string(hide_password=False)
+    assert password in migration.env["DATABASE_URL"]
+    try:
+        yield password
+    finally:
+        with psycopg.connect(test_db, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = {}"
+                ).format(sql.Literal(role))
+            )
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def debug_ini(tmp_path: Path) -> Path:
+    """alembic.ini with every logger and handler at DEBUG (script_location made absolute)."""
+    cp = configparser.ConfigParser(interpolation=None)
+    cp.read(ROOT / "alembic.ini")
+    cp["alembic"]["script_location"] = str(ROOT / "migrations")
+    for section in cp.sections():
+        if section.startswith(("logger_", "handler_")):
+            cp[section]["level"] = "DEBUG"
+    # the library loggers without a section of their own get one, at DEBUG
+    extra = {"urllib3": "urllib3", "hvac": "hvac", "sqlalchemy_pool": "sqlalchemy.pool"}
+    cp["loggers"]["keys"] = cp["loggers"]["keys"] + "," + ",".join(extra)
+    for key, qualname in extra.items():
+        cp[f"logger_{key}"] = {"level": "DEBUG", "handlers": "", "qualname": qualname}
+    path = tmp_path / "alembic-debug.ini"
+    with path.open("w") as fh:
+        cp.write(fh)
+    return path
+
+
+def secrets_of(m: Migration, data: dict[str, dict[Any, Any]], password: str) -> dict[str, str]:
+    found = {
+        "Vault token": m.env["VAULT_TOKEN"],
+        "HMAC secret": m.hmac_secret,
+        "database password": password,
+    }
+    for t, rows in data.items():
+        for pk, row in rows.items():
+            for col, v in row.items():
+                if isinstance(v, str) and len(v.strip()) >= 8:
+                    found[f"plaintext of {t}.{col} id={pk}"] = v
+    return found
+
+
+def assert_clean(where: str, text: str, secret_values: dict[str, str]) -> None:
+    leaked = [name for name, v in secret_values.items() if v in text]
+    assert not leaked, f"{where} shows: {leaked[:5]}"
+
+
+def seed_all(m: Migration) -> dict[str, dict[Any, Any]]:
+    return {t: seed(m.engine, m.vault, t, sample_rows(t, 25), m.hmac_secret) for t in TABLE_NAMES}
+
+
+def test_cli_runs_at_debug_show_no_secret(
+    migration: Migration, db_password: str, tmp_path: Path
+) -> None:
+    m = migration
+    data = seed_all(m)
+    bad_pk = pks_with(data["invitations"], "token", 4)[3]
+    secret_values = secrets_of(m, data, db_password)
+    ini = str(debug_ini(tmp_path))
+    outputs: list[tuple[str, str]] = []
+    reports: list[Path] = []
+
+    def alembic(name: str, *args: str, ok: bool = True, env: dict[str, str] | None = None) -> str:
+        report = tmp_path / f"leak-{len(reports)}.json"
+        reports.append(report)
+        p = run_alembic(m, "-c", ini, "-x", f"report={report}", *args, env=env)
+        outputs.append((f"alembic {name} stdout", p.stdout))
+        outputs.append((f"alembic {name} stderr", p.stderr))
+        assert (p.proc.returncode == 0) == ok, f"{name}: exit {p.proc.returncode}\n{p.stderr}"
+        return p.stderr
+
+    def tool(name: str, *args: str, ok: bool = True) -> None:
+        exe = Path(sys.executable).with_name("context-encryption")
+        p = subprocess.run(
+            [str(exe), *args],
+            cwd=ROOT,
+            env={**os.environ, **m.env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        outputs.append((f"{name} stdout", p.stdout))
+        outputs.append((f"{name} stderr", p.stderr))
+        assert (p.returncode == 0) == ok, f"{name}: exit {p.returncode}\n{p.stderr}"
+
+    err = alembic("dry run", "-x", "dry-run=true", "upgrade", "head")
+    assert "DEBUG" in err, "the debug configuration did not take effect"
+    alembic("upgrade", "upgrade", "head")
+    tool("verify", "verify", "-v")
+    tool("verify --json", "verify", "-v", "--json")
+    tool("preflight", "preflight", "-v", "--direction", "downgrade")
+    alembic("downgrade", "downgrade", "base")
+
+    # failing runs
+    ct = read_table(m.engine, "invitations")[bad_pk]["token"]
+    set_values(
+        m, "invitations", bad_pk, token=ct[:-6] + ("AAAAAA" if ct[-6:] != "AAAAAA" else "BBBBBB")
+    )
+    alembic("failing (tampered row)", "upgrade", "head", ok=False)
+    alembic(
+        "failing (wrong HMAC secret)",
+        "-x",
+        "hmac-secret=wrong-secret-123456",
+        "-x",
+        "tables=all",
+        "upgrade",
+        "head",
+        ok=False,
+    )
+    secret_values["wrong HMAC secret given"] = "wrong-secret-123456"
+    fake_token = f"hvs.{secrets.token_hex(12)}"
+    secret_values["invalid token given"] = fake_token
+    alembic("failing (bad token)", "upgrade", "head", ok=False, env={"VAULT_TOKEN": fake_token})
+    alembic(
+        "failing (typo beside secrets)",
+        "-x",
+        f"vault-token={fake_token}",
+        "-x",
+        "dry-rum=true",
+        "upgrade",
+        "head",
+        ok=False,
+    )
+    unreachable = m.env["DATABASE_URL"].replace("127.0.0.1:5432", "127.0.0.1:1")
+    alembic(
+        "failing (database down)", "upgrade", "head", ok=False, env={"DATABASE_URL": unreachable}
+    )
+    tool("verify (problems)", "verify", "-v", ok=False)
+
+    for where, text in outputs:
+        assert_clean(where, text, secret_values)
+    for report in reports:
+        if report.exists():
+            assert_clean(f"report {report.name}", report.read_text(), secret_values)
+    print(
+        f"\n{len(outputs) // 2} CLI runs at DEBUG, {sum(r.exists() for r in reports)} reports, "
+        f"{len(secret_values)} secrets and plaintexts searched: none found"
+    )
+
+
+@pytest.fixture
+def debug_logging(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    saved = {name: logging.getLogger(name).level for name in LOGGERS}
+    for name in LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    caplog.set_level(logging.DEBUG)
+    try:
+        yield caplog
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _record_texts(caplog: pytest.LogCaptureFixture) -> Iterator[tuple[str, str]]:
+    for r in caplog.records:
+        yield f"log record {r.name}", r.getMessage()
+        yield f"log record {r.name} args", repr(r.args)
+        if r.exc_info and r.exc_info[1] is not None:
+            yield f"log record {r.name} exception", repr(r.exc_info[1])
+        if r.exc_text:
+            yield f"log record {r.name} exc_text", r.exc_text
+
+
+def test_in_process_runs_at_debug_show_no_secret(
+    migration: Migration,
+    db_password: str,
+    debug_logging: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    m = migration
+    data = seed_all(m)
+    secret_values = secrets_of(m, data, db_password)
+    monkeypatch.setenv("DATABASE_URL", m.env["DATABASE_URL"])
+    debug_logging.clear()
+    errors: list[str] = []
+
+    m.upgrade("head", dry_run="true")
+    m.upgrade("head")
+    assert cli.main(["verify", "-v"]) == 0
+    assert cli.main(["verify", "--json"]) == 0
+    m.downgrade("base")
+
+    stored = read_table(m.engine, "users")
+    pk = pks_with(data["users"], "email", 3)[2]  # a row with an email, whatever the uuids
+    ct = stored[pk]["email"]
+    assert isinstance(ct, str) and ct.startswith("vault:v1:")
+    set_values(m, "users", pk, email=ct[:-6] + ("AAAAAA" if ct[-6:] != "AAAAAA" else "BBBBBB"))
+    with pytest.raises(CommandError) as err:
+        m.upgrade("head")
+    errors.append(str(err.value))
+    with pytest.raises(CommandError) as err:
+        m.upgrade("head", hmac_secret="wrong-secret-abcdef")
+    errors.append(str(err.value))
+    secret_values["wrong HMAC secret given"] = "wrong-secret-abcdef"
+    monkeypatch.setenv("VAULT_TOKEN", "hvs.not-a-real-token-0123456789")
+    secret_values["invalid token given"] = "hvs.not-a-real-token-0123456789"
+    with pytest.raises(CommandError) as err:
+        m.upgrade("head")
+    errors.append(str(err.value))
+    monkeypatch.setenv("VAULT_TOKEN", m.env["VAULT_TOKEN"])
+    assert cli.main(["verify"]) != 0
+
+    records = list(_record_texts(debug_logging))
+    assert any(r.levelno == logging.DEBUG for r in debug_logging.records), "no DEBUG record"
+    captured = capsys.readouterr()
+    texts = [
+        *records,
+        ("stdout", captured.out),
+        ("stderr", captured.err),
+        *(("error message", e) for e in errors),
+        *(("report", json.dumps(r)) for r in m.reports),
+    ]
+    for where, text in texts:
+        assert_clean(where, text, secret_values)
+    print(
+        f"\n{len(debug_logging.records)} log records, {len(m.reports)} reports, "
+        f"{len(errors)} failing runs: no secret or plaintext"
+    )
+
+
+def test_plaintext_stored_in_the_database_is_not_logged_at_debug(
+    migration: Migration, db_password: str, tmp_path: Path
+) -> None:
+    m = migration
+    data = {
+        "invitations": seed(
+            m.engine, m.vault, "invitations", sample_rows("invitations", 8), m.hmac_secret
+        )
+    }
+    planted = "plaintext sitting in the database"
+    set_values(m, "invitations", pks_with(data["invitations"], "token", 4)[3], token=planted)
+    secret_values = secrets_of(m, data, db_password)
+    secret_values["plaintext stored in the database"] = planted
+    report = tmp_path / "planted.json"
+    p = run_alembic(
+        m, "-c", str(debug_ini(tmp_path)), "-x", f"report={report}", "upgrade", "0002_invitations"
+    )
+    assert p.proc.returncode != 0
+    assert "DEBUG" in p.stderr
+    for where, text in (("stdout", p.stdout), ("stderr", p.stderr), ("report", report.read_text())):
+        assert_clean(where, text, secret_values)
