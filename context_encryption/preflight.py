@@ -54,12 +54,12 @@ from context_encryption.errors import (
 )
 from context_encryption.settings import Settings, safe_url
 from context_encryption.transit import (
-    PERMISSION_DENIED,
     DecryptRequest,
     KeyInfo,
     TransitClient,
     hmac_matches,
 )
+from context_encryption.vault_texts import PERMISSION_DENIED
 
 log = logging.getLogger("context_encryption")
 

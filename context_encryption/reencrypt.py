@@ -71,16 +71,13 @@ from context_encryption.preflight import disable_row_security, is_row_security_e
 from context_encryption.progress import Progress, estimate_rows
 from context_encryption.settings import Settings
 from context_encryption.transit import (
-    AUTH_FAILED,
     MAX_STRING_BYTES,
-    MISSING_CONTEXT,
-    NO_PREFIX,
-    TOO_OLD,
     DecryptRequest,
     EncryptRequest,
     TransitClient,
     hmac_matches,
 )
+from context_encryption.vault_texts import AUTH_FAILED, MISSING_CONTEXT, NO_PREFIX, TOO_OLD
 
 log = logging.getLogger("context_encryption")
 

@@ -73,12 +73,12 @@ from context_encryption.report import write_json_atomically
 from context_encryption.settings import Settings
 from context_encryption.transit import (
     MAX_STRING_BYTES,
-    TOO_OLD,
     DecryptRequest,
     KeyInfo,
     RewrapRequest,
     TransitClient,
 )
+from context_encryption.vault_texts import TOO_OLD
 from context_encryption.verify import applied_tables, current_revision
 
 log = logging.getLogger("context_encryption")

@@ -49,31 +49,13 @@ from urllib3.response import BaseHTTPResponse
 
 from context_encryption.errors import PreflightError, VaultRequestError, VaultUnavailableError
 from context_encryption.settings import DEFAULT_VAULT_BATCH_ITEMS, MAX_VAULT_BATCH_ITEMS, Settings
+from context_encryption.vault_texts import is_too_large
 
 #: Vault's ``max_json_string_value_length``.
 MAX_STRING_BYTES: Final = 1_048_576
 #: Half of both products' 32 MiB ``max_request_size`` (and OpenBao's 32.5 MiB JSON memory
 #: estimate, which is about the strings' length): room for JSON overhead.
 MAX_REQUEST_BYTES: Final = 16 * 1_048_576
-
-#: Texts of a request refused for its size or complexity, never for its content:
-#: OpenBao 2.6+ (HTTP 400) ``refused JSON input due to high complexity: exceeded maximum
-#: number of strings`` / ``...estimated memory limits``; OpenBao 2.4.1-2.5.x (HTTP 400)
-#: ``error parsing JSON``; Vault 1.20.3+ (HTTP 500) ``JSON array exceeds allowed element
-#: count`` and its siblings for objects, strings and depth; both (HTTP 413) ``http: request
-#: body too large``.
-TOO_LARGE_TEXTS: Final = (
-    "refused JSON input due to high complexity",
-    "error parsing JSON",
-    "exceeds allowed",
-    "request body too large",
-)
-
-AUTH_FAILED: Final = "message authentication failed"
-MISSING_CONTEXT: Final = "missing 'context' for key derivation"
-NO_PREFIX: Final = "invalid ciphertext: no prefix"
-TOO_OLD: Final = "disallowed by policy (too old)"
-PERMISSION_DENIED: Final = "permission denied"
 
 log = logging.getLogger("context_encryption")
 
@@ -142,11 +124,6 @@ def b64_context(context: str) -> str:
         cached = base64.b64encode(context.encode("utf-8")).decode("ascii")
         _B64_CACHE[context] = cached
     return cached
-
-
-def is_too_large(text: str) -> bool:
-    """Whether Vault's error text refuses a request for its size or complexity."""
-    return any(marker in text for marker in TOO_LARGE_TEXTS)
 
 
 class RequestTooLarge(Exception):

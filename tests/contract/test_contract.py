@@ -33,16 +33,18 @@ import requests
 from app_models.tables import context_string
 from context_encryption.settings import DEFAULT_VAULT_BATCH_ITEMS
 from context_encryption.transit import (
-    AUTH_FAILED,
-    MISSING_CONTEXT,
-    NO_PREFIX,
-    PERMISSION_DENIED,
-    TOO_OLD,
     DecryptRequest,
     EncryptRequest,
     ItemResult,
     TransitClient,
     b64_context,
+)
+from context_encryption.vault_texts import (
+    AUTH_FAILED,
+    MISSING_CONTEXT,
+    NO_PREFIX,
+    PERMISSION_DENIED,
+    TOO_OLD,
 )
 from tests.support.vault_fixtures import VaultServer
 
