@@ -67,8 +67,8 @@ from context_encryption.errors import (
     VaultRequestError,
     database_error_message,
 )
-from context_encryption.preflight import disable_row_security, is_row_security_error
 from context_encryption.progress import Progress, estimate_rows
+from context_encryption.row_security import disable_row_security, is_row_security_error
 from context_encryption.settings import Settings
 from context_encryption.transit import (
     MAX_STRING_BYTES,

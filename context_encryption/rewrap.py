@@ -38,6 +38,7 @@ import sqlalchemy as sa
 
 from app_models.specs import ColumnSpec, Direction, TableSpec
 from app_models.tables import ENCRYPTED_COLUMNS, TABLE_NAMES, metadata
+from context_encryption.alembic_runtime import single_run
 from context_encryption.errors import (
     ConfigurationError,
     ContextEncryptionError,
@@ -45,7 +46,6 @@ from context_encryption.errors import (
     PreflightError,
     RowError,
 )
-from context_encryption.migration import single_run
 from context_encryption.preflight import (
     DEFAULT_MIN_TOKEN_TTL,
     PreflightReport,
@@ -53,7 +53,6 @@ from context_encryption.preflight import (
     check_row_security,
     check_token,
     check_vault,
-    disable_row_security,
     scan_table_versions,
 )
 from context_encryption.reencrypt import (
@@ -70,6 +69,7 @@ from context_encryption.reencrypt import (
     schemes,
 )
 from context_encryption.report import write_json_atomically
+from context_encryption.row_security import disable_row_security
 from context_encryption.settings import Settings
 from context_encryption.transit import (
     MAX_STRING_BYTES,

@@ -45,13 +45,13 @@ from app_models.tables import (
     metadata,
 )
 from context_encryption.errors import ContextEncryptionError
-from context_encryption.preflight import (
+from context_encryption.reencrypt import VERSION_TABLE, checkpoint_table
+from context_encryption.row_security import (
     ROW_SECURITY_FIX,
     disable_row_security,
     is_row_security_error,
     row_security_blockers,
 )
-from context_encryption.reencrypt import VERSION_TABLE, checkpoint_table
 from context_encryption.settings import Settings
 from context_encryption.transit import MAX_STRING_BYTES, DecryptRequest, TransitClient, hmac_matches
 

@@ -31,10 +31,13 @@ from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.util import CommandError
 
 from context_encryption import logsafety
+from context_encryption.alembic_runtime import RUNTIME_KEY, TRANSIT_FACTORY_KEY, single_run
 from context_encryption.errors import ContextEncryptionError, database_error_message
-from context_encryption.migration import RUNTIME_KEY, TRANSIT_FACTORY_KEY, single_run
 from context_encryption.plan import check_checkpoints, check_table_filter, is_stamp, plan
-from context_encryption.preflight import disable_row_security, require_database, run_preflight
+from context_encryption.preflight import (
+    require_database,
+    run_preflight,
+)
 from context_encryption.reencrypt import (
     VERSION_TABLE,
     RunContext,
@@ -42,6 +45,7 @@ from context_encryption.reencrypt import (
     read_checkpoints,
 )
 from context_encryption.report import COMPLETED_WITH_SKIPPED_ROWS, RunReport
+from context_encryption.row_security import disable_row_security
 from context_encryption.settings import Settings, load_settings
 from context_encryption.transit import RequestLimits, TokenKeeper, TransitClient
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from app_models.tables import TABLE_NAMES
-from context_encryption.migration import RUN_LOCK_KEY
+from context_encryption.alembic_runtime import RUN_LOCK_KEY
 from tests.support.migration_fixtures import Migration, assert_no_leak, secrets_of
 from tests.support.seeding import assert_scheme, sample_rows, seed, snapshot
 

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic.util import CommandError
 
 from app_models.tables import TABLE_NAMES, metadata
-from context_encryption.migration import RUN_LOCK_KEY
+from context_encryption.alembic_runtime import RUN_LOCK_KEY
 from tests.support.migration_fixtures import Migration
 from tests.support.seeding import assert_scheme, sample_rows, seed, snapshot
 

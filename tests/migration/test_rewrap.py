@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from app_models.tables import ENCRYPTED_COLUMNS, context_string, metadata
 from context_encryption import cli
-from context_encryption.migration import RUN_LOCK_KEY
+from context_encryption.alembic_runtime import RUN_LOCK_KEY
 from context_encryption.transit import RequestLimits, RewrapRequest, TransitClient
 from tests.support.fault_proxy import FaultProxy
 from tests.support.migration_fixtures import ROOT, Migration, assert_no_leak, secrets_of

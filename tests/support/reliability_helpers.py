@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from alembic import command
 
 from app_models.tables import ENCRYPTED_COLUMNS, context_string, metadata
-from context_encryption.migration import TRANSIT_FACTORY_KEY
+from context_encryption.alembic_runtime import TRANSIT_FACTORY_KEY
 from context_encryption.settings import Settings
 from context_encryption.transit import TransitClient, build_retry
 from tests.support.fault_proxy import FaultProxy
