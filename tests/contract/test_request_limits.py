@@ -25,9 +25,9 @@ from context_encryption.transit import (
     TransitClient,
     split_ranges,
 )
-from tests.migration.test_verify import subprocess_verify
 from tests.support.migration_fixtures import Migration
 from tests.support.seeding import Plain, assert_scheme, sample_rows, seed
+from tests.support.tools import subprocess_verify
 from tests.support.vault_fixtures import TIGHT_JSON_STRINGS
 
 #: The tight listener's limit: 23 items of 5 strings (plus 2) fit, 24 do not.

@@ -12,11 +12,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from app_models.tables import metadata
-from tests.migration.test_verify import subprocess_tool, subprocess_verify
-from tests.operator.test_preflight import failure, preflight
-from tests.operator.test_readme_commands import readme_policy
 from tests.support.migration_fixtures import Migration
+from tests.support.readme import readme_policy
 from tests.support.seeding import Plain, pks_with, sample_rows, seed
+from tests.support.tools import failure, preflight, subprocess_tool, subprocess_verify
 
 invitations = metadata.tables["invitations"]
 

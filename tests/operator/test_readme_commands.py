@@ -17,26 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from context_encryption.openbao import find_binary
-from tests.migration.test_verify import subprocess_tool
 from tests.support.migration_fixtures import ROOT, Migration
+from tests.support.readme import blocks, readme_policy, section
 from tests.support.seeding import assert_scheme, sample_rows, seed
-
-README = (ROOT / "README.md").read_text(encoding="utf-8")
-
-
-def _section(title: str) -> str:
-    start = README.index(title)
-    end = README.find("\n#", start + len(title))
-    return README[start : end if end != -1 else None]
-
-
-def _blocks(text: str, lang: str = "") -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
-
-
-def readme_policy(mount: str) -> str:
-    (block,) = _blocks(_section("### Vault policy"), "hcl")
-    return block.replace('path "transit/', f'path "{mount}/')
+from tests.support.tools import subprocess_tool
 
 
 def test_a_token_from_exactly_the_readme_policy_passes_the_preflight(
@@ -88,10 +72,10 @@ def test_the_readme_backup_and_restore_commands_bring_a_deleted_key_back(
 ) -> None:
     m = migration
     data = seed(m.engine, m.vault, "users", sample_rows("users", 12), m.hmac_secret)
-    section = _section("### Backing up and restoring the keys")
+    backup_section = section("### Backing up and restoring the keys")
     backup, restore = (
         [line for line in block.splitlines() if line.startswith("vault ")]
-        for block in _blocks(section)
+        for block in blocks(backup_section)
     )
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))},
@@ -129,7 +113,7 @@ def test_every_troubleshooting_entry_is_a_text_the_tool_or_the_server_really_say
     said = re.sub(r'"\n\s*f?"', "", said)  # implicitly joined string literals
     rows = [
         line.split("|")[1]
-        for line in _section("## Troubleshooting").splitlines()
+        for line in section("## Troubleshooting").splitlines()
         if line.startswith("| ") and not line.startswith(("| you see", "|---"))
     ]
     assert len(rows) >= 15
