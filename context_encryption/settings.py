@@ -27,7 +27,7 @@ from typing import Final, Literal
 
 import sqlalchemy as sa
 
-from app_models.tables import TABLE_NAMES
+from context_encryption.catalog import load_catalog
 from context_encryption.errors import ConfigurationError
 
 PlaintextPolicy = Literal["fail", "encrypt", "skip"]
@@ -171,13 +171,13 @@ def _parse_tables(label: str, raw: str) -> tuple[str, ...] | None:
         raise ConfigurationError(f"{label}= is empty; name tables or use {label}=all")
     if names == ["all"]:
         return None
-    unknown = [n for n in names if n not in TABLE_NAMES]
+    known = load_catalog().tables
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise ConfigurationError(
-            f"{label} names unknown table(s) {', '.join(unknown)}; "
-            f"known tables: {', '.join(TABLE_NAMES)}"
+            f"{label} names unknown table(s) {', '.join(unknown)}; known tables: {', '.join(known)}"
         )
-    return tuple(t for t in TABLE_NAMES if t in names)  # chain order, no duplicates
+    return tuple(t for t in known if t in names)  # chain order, no duplicates
 
 
 _SECRET_QUERY_KEYS: Final = ("password", "secret", "token", "key")

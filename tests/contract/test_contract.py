@@ -1,8 +1,9 @@
 """Contract tests: the server behaviours the tool relies on, one test per behaviour.
 
 The tool recognises Vault's answers by their wording (the constants of
-:mod:`context_encryption.transit`: ``AUTH_FAILED``, ``MISSING_CONTEXT``, ``NO_PREFIX``, ``TOO_OLD``,
-``PERMISSION_DENIED``), by their HTTP status, and by the shape of a few JSON answers
+:mod:`context_encryption.vault_texts`: ``AUTH_FAILED``, ``MISSING_CONTEXT``, ``NO_PREFIX``,
+``TOO_OLD``, ``TOO_NEW``, ``MALFORMED``, ``PERMISSION_DENIED``, ``TOO_LARGE_TEXTS``), by their
+HTTP status, and by the shape of a few JSON answers
 (``batch_results``, ``sys/capabilities-self``, ``auth/token/lookup-self``, a key read). Its unit
 and end-to-end tests show that the tool handles those answers; these tests show that the server
 really gives them. They run against whatever real server the suite has (the OpenBao dev server by
@@ -41,10 +42,13 @@ from context_encryption.transit import (
 )
 from context_encryption.vault_texts import (
     AUTH_FAILED,
+    MALFORMED,
     MISSING_CONTEXT,
     NO_PREFIX,
     PERMISSION_DENIED,
+    TOO_NEW,
     TOO_OLD,
+    is_too_large,
 )
 from tests.support.vault_fixtures import VaultServer
 
@@ -52,7 +56,8 @@ from tests.support.vault_fixtures import VaultServer
 #: cannot move the expectation along with it.
 USERS_EMAIL_CONTEXT = "dXNlcnMuZW1haWw="
 KEY_NOT_FOUND = "encryption key not found"
-TOO_NEW = "invalid ciphertext: version is too new"
+#: The server's whole text; the tool matches the shorter vault_texts.TOO_NEW inside it.
+TOO_NEW_TEXT = "invalid ciphertext: version is too new"
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,7 +214,7 @@ def server_identity(client: Any) -> tuple[str, tuple[int, int, int]]:
 
 
 # --------------------------------------------------------------------------------------------
-# decrypt errors the tool classifies by their text (reencrypt._explain, verify._reason_of)
+# decrypt errors the tool classifies by their text (schemes.explain, vault_texts.brief_reason)
 # --------------------------------------------------------------------------------------------
 
 
@@ -258,7 +263,9 @@ def test_malformed_ciphertext_texts_verify_recognises(
     vault_client: Any, api: Api, transit_mount: str, value: str, text: str
 ) -> None:
     create_key(vault_client, transit_mount, "old")
-    assert text in item_error(api, transit_mount, "old", value, None)
+    error = item_error(api, transit_mount, "old", value, None)
+    assert text in error
+    assert any(marker in error for marker in MALFORMED)  # what the tool reads it by
 
 
 def test_ciphertext_of_another_key_fails_authentication(
@@ -309,7 +316,9 @@ def test_version_above_latest_is_too_new(vault_client: Any, api: Api, transit_mo
     create_key(vault_client, transit_mount, "old")
     v1 = encrypt(vault_client, transit_mount, "old", "alice@example.com")
     v2 = "vault:v2:" + v1.removeprefix("vault:v1:")
-    assert TOO_NEW in item_error(api, transit_mount, "old", v2, None)
+    error = item_error(api, transit_mount, "old", v2, None)
+    assert TOO_NEW_TEXT in error
+    assert TOO_NEW in error  # what the tool reads it by
 
 
 # --------------------------------------------------------------------------------------------
@@ -702,6 +711,7 @@ def test_openbao_refuses_250_items_with_context_as_too_complex(
     with pytest.raises(hvac.exceptions.InvalidRequest) as exc:  # HTTP 400
         encrypt_data("new", batch_input=_batch_with_context(250), mount_point=transit_mount)
     assert expected in str(exc.value)
+    assert is_too_large(str(exc.value))  # the tool halves such a request, never fails a row
 
 
 def test_default_request_of_the_tool_fits_the_servers_default_limits(
@@ -743,3 +753,4 @@ def test_vault_refuses_more_than_10000_items_with_500(
             "old", batch_input=batch, mount_point=transit_mount
         )
     assert "exceeds allowed" in str(exc.value)
+    assert is_too_large(str(exc.value))  # the tool halves such a request, never retries it

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from app_models.tables import TABLE_NAMES, metadata
+from app_models.tables import metadata
+from context_encryption.catalog import load_catalog
 from tests.support.migration_fixtures import Migration
 from tests.support.seeding import assert_scheme, sample_rows, seed
 
@@ -29,13 +30,14 @@ def sqlite_migration(
 
 def test_upgrade_and_downgrade_on_sqlite(sqlite_migration: Migration) -> None:
     m = sqlite_migration
+    tables = load_catalog().tables
     data: dict[str, dict[Any, Any]] = {
-        t: seed(m.engine, m.vault, t, sample_rows(t, 40), m.hmac_secret) for t in TABLE_NAMES
+        t: seed(m.engine, m.vault, t, sample_rows(t, 40), m.hmac_secret) for t in tables
     }
     report = m.upgrade("head", batch_size=16, workers=4)
     assert report["outcome"] == "completed"
     assert m.current() == "0007_consent_records"
-    for t in TABLE_NAMES:
+    for t in tables:
         assert_scheme(m.engine, m.vault, t, data[t], "new", m.hmac_secret)
 
     m.cli("downgrade", "-1")
@@ -43,6 +45,6 @@ def test_upgrade_and_downgrade_on_sqlite(sqlite_migration: Migration) -> None:
     assert_scheme(m.engine, m.vault, "consent_records", data["consent_records"], "old")
 
     m.downgrade("base")
-    for t in TABLE_NAMES:
+    for t in tables:
         assert_scheme(m.engine, m.vault, t, data[t], "old", m.hmac_secret)
     assert m.current() is None
