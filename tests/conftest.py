@@ -24,6 +24,7 @@ pytest_plugins = [
     "tests.support.db_fixtures",
     "tests.support.vault_fixtures",
     "tests.support.migration_fixtures",
+    "tests.support.replica",
 ]
 
 #: The layers: a directory of tests/ and the marker its tests carry.
