@@ -192,7 +192,12 @@ def standby_readings(
     return red
 
 
-def slot_readings(slots: Sequence[SlotRow], config: ThrottleConfig) -> list[Reading]:
+def slot_readings(
+    slots: Sequence[SlotRow], config: ThrottleConfig, *, inactive_only: bool = False
+) -> list[Reading]:
+    """The slots retaining more WAL than the limit. ``inactive_only``: the standby check is on,
+    and it already covers the slots of connected standbys (their replay is behind their
+    slot's flush position, never ahead)."""
     limit = config.max_replica_lag_bytes
     if limit is None:
         return []
@@ -206,7 +211,9 @@ def slot_readings(slots: Sequence[SlotRow], config: ThrottleConfig) -> list[Read
             "" if s.active else " (inactive: its standby is not connected)",
         )
         for s in slots
-        if s.retained_bytes is not None and s.retained_bytes > limit
+        if s.retained_bytes is not None
+        and s.retained_bytes > limit
+        and not (inactive_only and s.active)
     ]
 
 
@@ -373,7 +380,9 @@ class HealthChecks:
             rows = read_standbys(conn)
             red += standby_readings(rows, self.stall.observe(rows), self.config)
         if self.capabilities.slots:
-            red += slot_readings(read_slots(conn), self.config)
+            red += slot_readings(
+                read_slots(conn), self.config, inactive_only=self.capabilities.standbys
+            )
         if self.capabilities.autovacuum:
             red += vacuum_readings(read_vacuum(conn, self.table), self.table)
         return red

@@ -83,6 +83,12 @@ def test_slots_over_the_limit_and_inactive_ones_named() -> None:
     )
 
 
+def test_with_the_standby_check_on_only_inactive_slots_count() -> None:
+    slots = [SlotRow("live", True, 2 * 1024 * MB), SlotRow("gone", False, 2 * 1024 * MB)]
+    assert [r.subject for r in slot_readings(slots, CONFIG)] == ["'live'", "'gone'"]
+    assert [r.subject for r in slot_readings(slots, CONFIG, inactive_only=True)] == ["'gone'"]
+
+
 def test_autovacuum_on_the_table() -> None:
     (red,) = vacuum_readings([VacuumRow("scanning heap", True)], "guest_orders")
     assert red.check == AUTOVACUUM
