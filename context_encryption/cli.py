@@ -51,7 +51,8 @@ from context_encryption.preflight import (
     check_vault,
     collect_preflight,
 )
-from context_encryption.rewrap import RewrapReport, rewrap_preflight, rewrap_tables
+from context_encryption.preflight.rewrap import rewrap_preflight
+from context_encryption.rewrap import RewrapReport, rewrap_tables
 from context_encryption.settings import FLAG_SPELLING, Settings, load_settings, option_help
 from context_encryption.transit import RequestLimits, TokenKeeper, TransitClient
 from context_encryption.verify import (
@@ -389,7 +390,7 @@ def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     try:
         # the quick checks first, so an unreachable database or Vault gets a clear message
         scope = settings.tables or TABLE_NAMES
-        pre = PreflightReport("upgrade", tuple(scope))
+        pre = PreflightReport("upgrade", tuple(scope), spelling=FLAG_SPELLING)
         if engine is None:
             pre.add("database", False, "no database URL", "set DATABASE_URL (or --db ...)")
         else:
@@ -431,7 +432,10 @@ def _cmd_preflight(args: argparse.Namespace, settings: Settings) -> int:
             return EXIT_ERROR
         try:
             pre = rewrap_preflight(
-                settings, engine=engine, transit_factory=_rewrap_factory(settings)
+                settings,
+                engine=engine,
+                transit_factory=_rewrap_factory(settings),
+                spelling=FLAG_SPELLING,
             )
         finally:
             engine.dispose()
@@ -442,7 +446,7 @@ def _cmd_preflight(args: argparse.Namespace, settings: Settings) -> int:
         scope = preflight_scope(settings, args.direction, engine)
         if scope.nothing_to_do is not None and engine is not None:
             # the alembic command would run no revision, hence no preflight either
-            report = PreflightReport(args.direction, ())
+            report = PreflightReport(args.direction, (), spelling=FLAG_SPELLING)
             check_database(report, engine)
         else:
             transit = _transit(settings)
@@ -452,6 +456,7 @@ def _cmd_preflight(args: argparse.Namespace, settings: Settings) -> int:
                 tables=scope.tables,
                 transit=transit,
                 engine=engine,
+                spelling=FLAG_SPELLING,
             )
     finally:
         if transit is not None:
@@ -477,7 +482,12 @@ def _cmd_rewrap(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_ERROR
     report = RewrapReport(settings)
     try:
-        pre = rewrap_preflight(settings, engine=engine, transit_factory=_rewrap_factory(settings))
+        pre = rewrap_preflight(
+            settings,
+            engine=engine,
+            transit_factory=_rewrap_factory(settings),
+            spelling=FLAG_SPELLING,
+        )
         if not pre.ok:
             report.outcome, report.error = "failed", pre.message()
             _error(pre.message())
