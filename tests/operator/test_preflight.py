@@ -16,51 +16,20 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from app_models.tables import TABLE_NAMES, metadata
+from app_models.tables import metadata
 from context_encryption import cli
 from context_encryption.errors import PreflightError
 from context_encryption.preflight import (
-    PreflightReport,
     collect_preflight,
     policy_hcl,
     require_database,
     required_capabilities,
     run_preflight,
 )
-from context_encryption.settings import Settings, load_settings
 from context_encryption.transit import TransitClient
 from tests.support.migration_fixtures import NEW_KEY, OLD_KEY, Migration
 from tests.support.seeding import pks_with, sample_rows, seed
-
-
-def settings_of(m: Migration, **x: str) -> Settings:
-    return load_settings({k.replace("_", "-"): v for k, v in x.items()}, m.env)
-
-
-def preflight(
-    m: Migration, direction: str = "upgrade", tables: tuple[str, ...] = TABLE_NAMES, **x: str
-) -> PreflightReport:
-    settings = settings_of(m, **x)
-    transit = TransitClient.from_settings(settings)
-    engine = sa.create_engine(settings.database_url or m.url, poolclass=sa.pool.NullPool)
-    try:
-        return run_preflight(
-            settings, direction=direction, tables=tables, transit=transit, engine=engine
-        )
-    finally:
-        transit.close()
-        engine.dispose()
-
-
-def failure(m: Migration, direction: str = "upgrade", **kw: Any) -> str:
-    with pytest.raises(PreflightError) as info:
-        preflight(m, direction, **kw)
-    text = str(info.value)
-    assert text.startswith("preflight failed")
-    assert "nothing was changed" in text
-    assert m.env["VAULT_TOKEN"] not in text
-    assert m.hmac_secret not in text
-    return text
+from tests.support.tools import failure, preflight, settings_of
 
 
 def child_token(vault_client: Any, policies: list[str], **opts: Any) -> str:
