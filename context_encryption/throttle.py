@@ -164,6 +164,21 @@ def pause_table(name: str) -> sa.Table:
     )
 
 
+def pause_table_ddl(engine: sa.Engine, name: str) -> str:
+    """The ``CREATE TABLE`` of the control table, for messages and the runbook."""
+    ddl = str(sa.schema.CreateTable(pause_table(name)).compile(dialect=engine.dialect))
+    return " ".join(ddl.split())
+
+
+def preflight_messages(engine: sa.Engine, config: ThrottleConfig) -> list[str]:
+    """What the throttle will not watch on this database, and why (read only, for the
+    preflight): the checks this role cannot run (:func:`~.health.probe`)."""
+    with engine.connect() as conn:
+        messages = list(probe(conn, config).messages)
+        conn.rollback()
+    return messages
+
+
 def ensure_pause_table(engine: sa.Engine, name: str) -> None:
     with engine.begin() as conn:
         pause_table(name).create(conn, checkfirst=True)
@@ -283,20 +298,34 @@ class Throttle:
         conn = self._connection()
         self.checks = HealthChecks(self.config, self.table, probe(conn, self.config))
         messages = list(self.checks.capabilities.messages)
-        name = self.config.pause_table
-        if name is not None:
-            if not self.dry_run:
-                ensure_pause_table(self.engine, name)
-            if sa.inspect(conn).has_table(name):
-                self._pause = pause_table(name)
-            else:
-                messages.append(
-                    f"pause control off for this dry run: the table {name} does not exist "
-                    "(a live run creates it)"
-                )
+        pause = self._setup_pause(conn)
+        if pause is not None:
+            messages.append(pause)
         for m in messages:
             log.warning("%s: %s", self.table, m)
         return messages
+
+    def _setup_pause(self, conn: sa.Connection) -> str | None:
+        """Create (a live run) and find the pause table; why pause control is off, if it is."""
+        name = self.config.pause_table
+        if name is None:
+            return None
+        if not self.dry_run:
+            try:
+                ensure_pause_table(self.engine, name)
+            except sa.exc.DBAPIError as exc:
+                return (
+                    f"pause control off: the table {name} could not be created "
+                    f"({_error_name(exc)}); create it as its owner "
+                    f"({pause_table_ddl(self.engine, name)}) or use -x pause-table=off"
+                )
+        if sa.inspect(conn).has_table(name):
+            self._pause = pause_table(name)
+            return None
+        return (
+            f"pause control off for this dry run: the table {name} does not exist "
+            "(a live run creates it)"
+        )
 
     def close(self) -> None:
         if self._conn is not None:
@@ -474,6 +503,12 @@ class Throttle:
     def _show(self, text: str | None) -> None:
         if self.progress is not None:
             self.progress.hold(text)
+
+
+def _error_name(exc: sa.exc.DBAPIError) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    code = getattr(orig, "sqlstate", None)
+    return type(orig).__name__ + (f", SQLSTATE {code}" if code else "")
 
 
 def _describe(r: Reading) -> str:
