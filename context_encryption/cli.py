@@ -44,6 +44,7 @@ import sqlalchemy as sa
 
 from app_models.tables import TABLE_NAMES
 from context_encryption import logsafety
+from context_encryption.alembic_runtime import applied_tables, current_revision
 from context_encryption.errors import ContextEncryptionError
 from context_encryption.preflight import (
     PreflightReport,
@@ -55,13 +56,7 @@ from context_encryption.preflight.rewrap import rewrap_preflight
 from context_encryption.rewrap import RewrapReport, rewrap_tables
 from context_encryption.settings import FLAG_SPELLING, Settings, load_settings, option_help
 from context_encryption.transit import RequestLimits, TokenKeeper, TransitClient
-from context_encryption.verify import (
-    DEFAULT_MAX_IDS,
-    VerifyReport,
-    applied_tables,
-    current_revision,
-    verify,
-)
+from context_encryption.verify import DEFAULT_MAX_IDS, VerifyReport, verify
 
 EXIT_OK: Final = 0
 EXIT_PROBLEMS: Final = 1

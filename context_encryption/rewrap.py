@@ -38,7 +38,7 @@ import sqlalchemy as sa
 
 from app_models.specs import ColumnSpec, Direction, TableSpec
 from app_models.tables import ENCRYPTED_COLUMNS, TABLE_NAMES, metadata
-from context_encryption.alembic_runtime import single_run
+from context_encryption.alembic_runtime import applied_tables, current_revision, single_run
 from context_encryption.errors import (
     ConfigurationError,
     MigrationAborted,
@@ -70,7 +70,6 @@ from context_encryption.transit import (
     TransitClient,
 )
 from context_encryption.vault_texts import TOO_OLD
-from context_encryption.verify import applied_tables, current_revision
 
 log = logging.getLogger("context_encryption")
 

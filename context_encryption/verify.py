@@ -44,8 +44,9 @@ from app_models.tables import (
     context_string,
     metadata,
 )
+from context_encryption.alembic_runtime import applied_tables, current_revision
 from context_encryption.errors import ContextEncryptionError
-from context_encryption.reencrypt import VERSION_TABLE, checkpoint_table
+from context_encryption.reencrypt import checkpoint_table
 from context_encryption.row_security import (
     ROW_SECURITY_FIX,
     disable_row_security,
@@ -202,40 +203,6 @@ class VerifyReport:
             "problems": self.problems,
             "tables": [t.as_dict() for t in self.tables],
         }
-
-
-# --------------------------------------------------------------------------------------------
-# revision
-# --------------------------------------------------------------------------------------------
-
-
-def current_revision(conn: sa.Connection) -> str | None:
-    """The revision stamped in ``alembic_version_encryption`` (None: base, nothing applied)."""
-    if not sa.inspect(conn).has_table(VERSION_TABLE):
-        return None
-    version = sa.table(VERSION_TABLE, sa.column("version_num", sa.String))
-    rows = [r[0] for r in conn.execute(sa.select(version.c.version_num))]
-    if not rows:
-        return None
-    if len(rows) > 1:
-        raise VerifyError(
-            f"{VERSION_TABLE} holds {len(rows)} revisions ({', '.join(sorted(rows))}); this "
-            "chain is linear: check with 'alembic current' and 'alembic heads'"
-        )
-    if rows[0] not in REVISIONS:
-        raise VerifyError(
-            f"{VERSION_TABLE} names revision {rows[0]!r}, which is not part of this chain "
-            f"({', '.join(REVISIONS)}): is this the right database, and the right tool version?"
-        )
-    return str(rows[0])
-
-
-def applied_tables(revision: str | None) -> set[str]:
-    """Tables whose revision is applied at ``revision`` (the chain is linear)."""
-    if revision is None:
-        return set()
-    upto = REVISIONS.index(revision)
-    return {t for t in TABLE_NAMES if REVISIONS.index(REVISION_OF_TABLE[t]) <= upto}
 
 
 def _in_progress(conn: sa.Connection) -> set[str]:

@@ -19,7 +19,7 @@ from pytest_alembic.tests import (
     test_upgrade,
 )
 
-from app_models.tables import TABLE_NAMES
+from context_encryption.catalog import load_catalog
 from tests.support.migration_fixtures import Migration
 from tests.support.seeding import assert_scheme, sample_rows, seed
 
@@ -30,7 +30,7 @@ __all__ = ["test_single_head_revision", "test_up_down_consistency", "test_upgrad
 def seeded(migration: Migration) -> dict[str, dict[Any, Any]]:
     return {
         t: seed(migration.engine, migration.vault, t, sample_rows(t, 6), migration.hmac_secret)
-        for t in TABLE_NAMES
+        for t in load_catalog().tables
     }
 
 

@@ -9,10 +9,13 @@ import pytest
 import sqlalchemy as sa
 from alembic.util import CommandError
 
-from app_models.tables import TABLE_NAMES, metadata
+from app_models.tables import metadata
 from context_encryption.alembic_runtime import RUN_LOCK_KEY
+from context_encryption.catalog import load_catalog
 from tests.support.migration_fixtures import Migration
 from tests.support.seeding import assert_scheme, sample_rows, seed, snapshot
+
+TABLE_NAMES = load_catalog().tables
 
 
 def seed_all(m: Migration, n: int = 8) -> dict[str, dict[object, dict[str, str | None]]]:

@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 from alembic.script import ScriptDirectory
 
-from app_models.tables import ENCRYPTED_COLUMNS, REVISION_OF_TABLE, TABLE_NAMES
+from context_encryption.catalog import load_catalog
 from tests.support.migration_fixtures import Migration
 from tests.support.seeding import Plain, assert_scheme, sample_rows, seed, snapshot
 
 ROWS = 23  # not a multiple of the batch sizes used below
+CATALOG = load_catalog()
+TABLE_NAMES = CATALOG.tables
 
 
 def seed_all(m: Migration, n: int = ROWS) -> dict[str, dict[Any, Plain]]:
@@ -45,7 +47,7 @@ def test_upgrade_head_migrates_every_table(migration: Migration) -> None:
         t = table_report(report, table)
         assert t["rows_scanned"] == ROWS
         assert t["rows_failed"] == 0
-        for col in ENCRYPTED_COLUMNS[table]:
+        for col in CATALOG.spec(table).columns:
             counts = t["columns"][col.name]
             nulls = sum(1 for r in data[table].values() if r[col.name] is None)
             assert counts["null"] == nulls
@@ -98,7 +100,7 @@ def test_rerun_after_restamp_changes_nothing(migration: Migration) -> None:
     for table in TABLE_NAMES:
         t = table_report(report, table)
         assert t["rows_written"] == 0
-        for col in ENCRYPTED_COLUMNS[table]:
+        for col in CATALOG.spec(table).columns:
             counts = t["columns"][col.name]
             nulls = sum(1 for r in data[table].values() if r[col.name] is None)
             assert counts["already_migrated"] == ROWS - nulls
@@ -150,5 +152,14 @@ def test_empty_tables_migrate_and_stamp(migration: Migration) -> None:
 def test_revision_ids_follow_the_design(migration: Migration) -> None:
     script = ScriptDirectory.from_config(migration.config())
     chain = [s.revision for s in reversed(list(script.walk_revisions()))]
-    assert chain == list(REVISION_OF_TABLE.values())
+    assert chain == [  # DESIGN.md, "The seven tables"
+        "0001_users",
+        "0002_invitations",
+        "0003_guest_orders",
+        "0004_delivery_addresses",
+        "0005_notifications",
+        "0006_sessions",
+        "0007_consent_records",
+    ]
+    assert chain == list(CATALOG.revisions)
     assert script.get_revision("0001_users").down_revision is None
