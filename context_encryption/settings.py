@@ -1,34 +1,77 @@
 """Run settings: read once from the environment and ``alembic -x``, validated before any work.
 
 Every ``-x`` name of DESIGN.md's configuration table is accepted; an unknown name or a value
-that does not parse raises :class:`~context_encryption.errors.ConfigurationError` naming it, so a
-typo
-such as ``-x dry-rum=true`` or ``-x dry-run=maybe`` can never start a live run. Everything that
-can be checked without the database or Vault is checked here, before the first row: the Vault
-address's scheme, the CA bundle's path, the report path (a writable file in an existing
-directory).
+that does not parse raises :class:`~context_encryption.errors.ConfigurationError` naming it, so
+a typo such as ``-x dry-rum=true`` or ``-x dry-run=maybe`` can never start a live run.
+Everything that can be checked without the database or Vault is checked here, before the first
+row: the Vault address's scheme, the CA bundle's path, the report path (a writable file in an
+existing directory), the tables (the chain's own).
 
 The settings are one table, :data:`OPTIONS`: name, environment variables, parser, default and
-help, shared by ``alembic -x`` and the ``context-encryption`` flags. Messages name the option
-the way the user gave it (:class:`Spelling`: ``-x batch-size`` or ``--batch-size``, or the
-environment variable it came from).
-Secrets are kept in :class:`Secret`, whose ``repr`` and ``str`` never show the value.
+help, shared by ``alembic -x`` and the ``context-encryption`` flags. The parsers, and
+:class:`Secret` (whose ``repr`` and ``str`` never show the value), live in
+:mod:`context_encryption.setting_values`. Messages name the option the way the user gave it
+(:class:`Spelling`: ``-x batch-size`` or ``--batch-size``, or the environment variable it came
+from).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Final, Literal
 
 import sqlalchemy as sa
 
-from context_encryption.catalog import load_catalog
 from context_encryption.errors import ConfigurationError
+from context_encryption.setting_values import (
+    REPORT_TEMP_PREFIX,
+    Parser,
+    Secret,
+    choice,
+    int_between,
+    parse_bool,
+    parse_database_url,
+    parse_db,
+    parse_duration_ms,
+    parse_existing_path,
+    parse_hmac_secret,
+    parse_key_name,
+    parse_mount,
+    parse_report_path,
+    parse_secret,
+    parse_tables,
+    parse_text,
+    parse_vault_addr,
+    safe_url,
+)
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_VAULT_BATCH_ITEMS",
+    "DEFAULT_WORKERS",
+    "FLAG_SPELLING",
+    "MAX_BATCH_SIZE",
+    "MAX_VAULT_BATCH_ITEMS",
+    "MAX_WORKERS",
+    "OPTIONS",
+    "OPTION_BY_NAME",
+    "REPORT_TEMP_PREFIX",
+    "X_NAMES",
+    "X_SPELLING",
+    "OnErrorPolicy",
+    "Option",
+    "Parser",
+    "PlaintextPolicy",
+    "Secret",
+    "Settings",
+    "Spelling",
+    "load_settings",
+    "option_help",
+    "parse_database_url",
+    "safe_url",
+]
 
 PlaintextPolicy = Literal["fail", "encrypt", "skip"]
 OnErrorPolicy = Literal["abort", "skip"]
@@ -46,29 +89,6 @@ DEFAULT_VAULT_BATCH_ITEMS: Final = 150
 MAX_VAULT_BATCH_ITEMS: Final = 10_000
 
 log = logging.getLogger("context_encryption")
-
-
-class Secret:
-    """A string that never shows itself in ``repr``, ``str``, logs or reports."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 @dataclass(frozen=True)
@@ -113,208 +133,6 @@ class Settings:
         return out
 
 
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
-_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|min|m|h)?\s*$")
-_INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
-_DURATION_FACTOR = {None: 1, "ms": 1, "s": 1000, "min": 60_000, "m": 60_000, "h": 3_600_000}
-
-#: A value parser: ``(label, raw) -> value``. ``label`` is how the user gave the option
-#: (``-x batch-size``, ``--batch-size`` or ``VAULT_ADDR``); every message starts with it.
-Parser = Callable[[str, str], object]
-
-
-def _parse_bool(label: str, raw: str) -> bool:
-    low = raw.strip().lower()
-    if low in _TRUE:
-        return True
-    if low in _FALSE:
-        return False
-    raise ConfigurationError(f"{label}={raw!r} is not a boolean; use true or false")
-
-
-def _int(lo: int, hi: int) -> Parser:
-    def parse(label: str, raw: str) -> int:
-        if not _INTEGER.match(raw):
-            raise ConfigurationError(f"{label}={raw!r} is not a whole number")
-        value = int(raw.strip())
-        if not lo <= value <= hi:
-            raise ConfigurationError(f"{label}={value} is out of range ({lo} to {hi})")
-        return value
-
-    return parse
-
-
-def _parse_duration_ms(label: str, raw: str) -> int:
-    m = _DURATION.match(raw)
-    if not m or (m.group(2) is None and int(m.group(1)) != 0):
-        raise ConfigurationError(
-            f"{label}={raw!r} is not a duration with a unit; use e.g. 500ms, 5s, 2min, "
-            "or 0 to disable"
-        )
-    return int(m.group(1)) * _DURATION_FACTOR[m.group(2)]
-
-
-def _choice(*choices: str) -> Parser:
-    def parse(label: str, raw: str) -> str:
-        value = raw.strip().lower()
-        if value not in choices:
-            raise ConfigurationError(f"{label}={raw!r} must be one of: {', '.join(choices)}")
-        return value
-
-    return parse
-
-
-def _parse_tables(label: str, raw: str) -> tuple[str, ...] | None:
-    names = [t.strip() for t in raw.split(",") if t.strip()]
-    if not names:
-        raise ConfigurationError(f"{label}= is empty; name tables or use {label}=all")
-    if names == ["all"]:
-        return None
-    known = load_catalog().tables
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ConfigurationError(
-            f"{label} names unknown table(s) {', '.join(unknown)}; known tables: {', '.join(known)}"
-        )
-    return tuple(t for t in known if t in names)  # chain order, no duplicates
-
-
-_SECRET_QUERY_KEYS: Final = ("password", "secret", "token", "key")
-
-
-def safe_url(url: sa.URL) -> str:
-    """The URL as text for logs and reports: the password and secret-looking query values masked.
-
-    ``hide_password`` only masks the password part; libpq also takes ``?password=`` (and
-    ``sslpassword``, ``sslkey``...) in the query string.
-    """
-    masked = {
-        k: ("***" if any(s in k.lower() for s in _SECRET_QUERY_KEYS) else v)
-        for k, v in url.query.items()
-    }
-    return url.set(query=masked).render_as_string(hide_password=True)
-
-
-def parse_database_url(raw: str, label: str = "DATABASE_URL or -x db") -> sa.URL:
-    """Parse a database URL; ``postgresql://`` and ``postgres://`` map to psycopg 3."""
-    try:
-        url = sa.make_url(raw.strip())
-    except Exception:
-        raise ConfigurationError(
-            f"the database URL does not parse ({label}); "
-            "expected e.g. postgresql://user@host:5432/dbname"
-        ) from None
-    if url.drivername in ("postgresql", "postgres"):
-        url = url.set(drivername="postgresql+psycopg")
-    return url
-
-
-def _parse_db(label: str, raw: str) -> sa.URL:
-    return parse_database_url(raw, label)
-
-
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?)[^/@]*@")
-
-
-def _parse_vault_addr(label: str, raw: str) -> str:
-    addr = raw.strip()
-    shown = _USERINFO.sub(r"\1***@", addr)  # never echo a password put into the address
-    scheme = _SCHEME.match(addr)
-    if scheme is None:
-        raise ConfigurationError(
-            f"{label}={shown!r}: the address needs http:// or https://, "
-            f"e.g. https://{shown} (or http://{shown} for a local dev server)"
-        )
-    if scheme.group(1).lower() not in ("http", "https"):
-        raise ConfigurationError(
-            f"{label}={shown!r}: the address needs http:// or https://, not {scheme.group(1)}://"
-        )
-    if not addr[scheme.end() :].split("/", 1)[0]:
-        raise ConfigurationError(f"{label}={shown!r}: the address has no host")
-    return addr.rstrip("/")
-
-
-def _parse_text(_label: str, raw: str) -> str:
-    return raw.strip()
-
-
-def _parse_secret(_label: str, raw: str) -> Secret:
-    return Secret(raw.strip())
-
-
-def _parse_hmac_secret(_label: str, raw: str) -> Secret:
-    return Secret(raw)  # used byte for byte: surrounding spaces are part of the secret
-
-
-def _parse_existing_path(label: str, raw: str) -> str:
-    path = raw.strip()
-    if not os.path.exists(path):
-        raise ConfigurationError(f"{label}={path!r}: no such file or directory")
-    return path
-
-
-def _parse_mount(label: str, raw: str) -> str:
-    mount = raw.strip().strip("/")
-    if not mount:
-        raise ConfigurationError(f"{label} is empty")
-    return mount
-
-
-_KEY_NAME = re.compile(r"^\w(?:[\w.-]*\w)?$", re.ASCII)
-
-
-def _parse_key_name(label: str, raw: str) -> str:
-    value = raw.strip()
-    if not _KEY_NAME.match(value):
-        raise ConfigurationError(f"{label}={raw!r} is not a valid Transit key name")
-    return value
-
-
-#: Prefix of the temporary file a report is written to before it is renamed into place.
-REPORT_TEMP_PREFIX: Final = ".report-"
-
-
-def _parse_report_path(label: str, raw: str) -> str:
-    """A file path the report can be written to, checked before any work.
-
-    The path must not be a directory, its directory must exist (the report never creates one)
-    and a file must be creatable there: the report is written to a temporary file in that
-    directory and renamed into place, so the check creates and removes such a file.
-    """
-    path = raw.strip()
-    if not path:
-        raise ConfigurationError(f"{label}= needs a file path")
-    example = f"e.g. {label}={os.path.join(path, 'context-encryption-report.json')}"
-    if os.path.isdir(path):
-        raise ConfigurationError(
-            f"{label}={path!r} is a directory; the report needs a file path, {example}"
-        )
-    if path.endswith(("/", os.sep)):
-        raise ConfigurationError(
-            f"{label}={path!r} ends with a slash; the report needs a file path"
-        )
-    if os.path.lexists(path) and not os.path.isfile(path):
-        raise ConfigurationError(f"{label}={path!r} exists and is not a regular file")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise ConfigurationError(
-            f"{label}={path!r}: the directory {directory!r} does not exist; create it first "
-            "(the report never creates directories)"
-        )
-    try:
-        fd, probe = tempfile.mkstemp(prefix=REPORT_TEMP_PREFIX, suffix=".json", dir=directory)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ConfigurationError(
-            f"{label}={path!r}: cannot create a file in {directory!r} "
-            f"({exc.strerror or type(exc).__name__}); choose a writable directory"
-        ) from None
-    return path
-
-
 def _always(_value: object) -> bool:
     return True
 
@@ -348,7 +166,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option(
         "db",
         "database_url",
-        _parse_db,
+        parse_db,
         "database URL",
         ("DATABASE_URL",),
         exposes_secret=_has_password,
@@ -357,14 +175,14 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option(
         "vault-addr",
         "vault_addr",
-        _parse_vault_addr,
+        parse_vault_addr,
         "Vault address, http:// or https://host:port",
         ("VAULT_ADDR", "BAO_ADDR"),
     ),
     Option(
         "vault-token",
         "vault_token",
-        _parse_secret,
+        parse_secret,
         "Vault token; prefer the environment",
         ("VAULT_TOKEN", "BAO_TOKEN"),
         exposes_secret=_always,
@@ -373,14 +191,14 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option(
         "vault-namespace",
         "vault_namespace",
-        _parse_text,
+        parse_text,
         "Vault (or OpenBao) namespace",
         ("VAULT_NAMESPACE", "BAO_NAMESPACE"),
     ),
     Option(
         "vault-cacert",
         "vault_cacert",
-        _parse_existing_path,
+        parse_existing_path,
         "CA bundle (file or directory) for Vault's TLS certificate",
         ("VAULT_CACERT", "BAO_CACERT"),
         "the system's CAs",
@@ -388,7 +206,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option(
         "transit-mount",
         "transit_mount",
-        _parse_mount,
+        parse_mount,
         "Transit mount path",
         ("VAULT_TRANSIT_MOUNT",),
         "transit",
@@ -396,7 +214,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option(
         "vault-key",
         "old_key",
-        _parse_key_name,
+        parse_key_name,
         "old key, no context",
         ("VAULT_OLD_KEY",),
         "pos-encryption-key",
@@ -404,7 +222,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option(
         "new-vault-key",
         "new_key",
-        _parse_key_name,
+        parse_key_name,
         "new key, derived + convergent",
         ("VAULT_NEW_KEY",),
         "pos-context-key",
@@ -412,61 +230,61 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option(
         "hmac-secret",
         "hmac_secret",
-        _parse_hmac_secret,
+        parse_hmac_secret,
         "secret of the HMAC companions; prefer the environment",
         ("ENCRYPTION_HMAC_SECRET",),
         exposes_secret=_always,
         instead="set ENCRYPTION_HMAC_SECRET in the environment instead",
     ),
-    Option("tables", "tables", _parse_tables, "comma-separated tables to work on", default="all"),
+    Option("tables", "tables", parse_tables, "comma-separated tables to work on", default="all"),
     Option(
         "batch-size",
         "batch_size",
-        _int(1, MAX_BATCH_SIZE),
+        int_between(1, MAX_BATCH_SIZE),
         "rows per batch, one database transaction each",
         default=str(DEFAULT_BATCH_SIZE),
     ),
     Option(
         "vault-batch-items",
         "vault_batch_items",
-        _int(1, MAX_VAULT_BATCH_ITEMS),
+        int_between(1, MAX_VAULT_BATCH_ITEMS),
         "most items in one Vault request",
         default=str(DEFAULT_VAULT_BATCH_ITEMS),
     ),
-    Option("dry-run", "dry_run", _parse_bool, "preview only, write nothing", default="false"),
+    Option("dry-run", "dry_run", parse_bool, "preview only, write nothing", default="false"),
     Option(
         "plaintext",
         "plaintext",
-        _choice("fail", "encrypt", "skip"),
+        choice("fail", "encrypt", "skip"),
         "values without a vault: prefix: fail, encrypt or skip",
         default="fail",
     ),
     Option(
         "on-error",
         "on_error",
-        _choice("abort", "skip"),
+        choice("abort", "skip"),
         "a row that cannot be migrated: abort or skip",
         default="abort",
     ),
-    Option("report", "report", _parse_report_path, "path of a JSON report of the run"),
+    Option("report", "report", parse_report_path, "path of a JSON report of the run"),
     Option(
         "workers",
         "workers",
-        _int(1, MAX_WORKERS),
+        int_between(1, MAX_WORKERS),
         "batches in flight at once",
         default=str(DEFAULT_WORKERS),
     ),
     Option(
         "lock-timeout",
         "lock_timeout_ms",
-        _parse_duration_ms,
+        parse_duration_ms,
         "PostgreSQL lock_timeout of each batch",
         default="5s",
     ),
     Option(
         "statement-timeout",
         "statement_timeout_ms",
-        _parse_duration_ms,
+        parse_duration_ms,
         "PostgreSQL statement_timeout of each batch",
         default="120s",
     ),
