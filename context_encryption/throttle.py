@@ -131,10 +131,18 @@ class BatchSizer:
         self.largest = largest
         self.size = start if target_s is None else min(max(start, smallest), largest)
         self._per_row: deque[float] = deque(maxlen=window)
+        self._first = self.size
+        self._sizes = [self.size, self.size]  # smallest and largest chosen
+        self._batches = 0
+        self._last: deque[tuple[int, float]] = deque(maxlen=10)
 
     def observe(self, rows: int, seconds: float) -> int:
         """Record a batch of ``rows`` that took ``seconds``; the size of the next batch."""
-        if self.target_s is None or rows <= 0 or seconds < 0:
+        if rows <= 0 or seconds < 0:
+            return self.size
+        self._batches += 1
+        self._last.append((rows, seconds))
+        if self.target_s is None:
             return self.size
         self._per_row.append(seconds / rows)
         predicted = sum(self._per_row) / len(self._per_row) * self.size
@@ -142,7 +150,24 @@ class BatchSizer:
             self.size = max(self.smallest, math.floor(self.size * self.SHRINK))
         elif predicted < self.target_s * self.LOW:
             self.size = min(self.largest, max(self.size + 1, math.ceil(self.size * self.GROW)))
+        self._sizes = [min(self._sizes[0], self.size), max(self._sizes[1], self.size)]
         return self.size
+
+    def stats(self) -> dict[str, object]:
+        """How the sizes went, for the report: the mode, the first, last, smallest and largest
+        size, the batches seen, and the mean rows and seconds of the last ten."""
+        n = len(self._last)
+        return {
+            "mode": "fixed" if self.target_s is None else "target",
+            "target_seconds": self.target_s,
+            "first": self._first,
+            "last": self.size,
+            "smallest": self._sizes[0],
+            "largest": self._sizes[1],
+            "batches": self._batches,
+            "last10_mean_rows": round(sum(r for r, _ in self._last) / n, 1) if n else None,
+            "last10_mean_seconds": round(sum(t for _, t in self._last) / n, 4) if n else None,
+        }
 
 
 # -- pause control --------------------------------------------------------------------------
@@ -288,6 +313,8 @@ class Throttle:
         self._rest: Reading | None = None
         self._holds: list[_Hold] = []
         self._started = False
+        #: why checks are off (set by :meth:`start`)
+        self.messages: list[str] = []
 
     # -- life cycle
 
@@ -303,6 +330,7 @@ class Throttle:
             messages.append(pause)
         for m in messages:
             log.warning("%s: %s", self.table, m)
+        self.messages = messages
         return messages
 
     def _setup_pause(self, conn: sa.Connection) -> str | None:
@@ -387,6 +415,15 @@ class Throttle:
     def holds(self) -> list[dict[str, object]]:
         """Every hold of this run so far, for the report (JSON-able)."""
         return [h.as_dict() for h in self._holds]
+
+    def report(self) -> dict[str, object]:
+        """The throttle's part of a table's report: holds, batch sizes, checks that were off."""
+        return {
+            "holds": self.holds(),
+            "held_seconds": round(sum(h.seconds for h in self._holds), 3),
+            "batch_size": self.sizer.stats(),
+            "checks_off": list(self.messages),
+        }
 
     # -- internals
 

@@ -9,6 +9,7 @@ with a bound.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import threading
 import time
@@ -282,6 +283,11 @@ def test_a_pause_request_holds_and_a_resume_releases(db_engine: sa.Engine) -> No
     assert bg.error is None
     (hold,) = t.holds()
     assert (hold["outcome"], hold["reasons"]) == ("resumed", ["pause"])
+    report = t.report()
+    assert report["holds"] == [hold]
+    assert report["checks_off"] == []
+    assert report["held_seconds"] == hold["seconds"]
+    json.dumps(report)
     assert hold["first"] == [
         "paused from outside (row scope='*' in context_encryption_pause, reason "
         "'incident 4711'); DELETE the row to resume"

@@ -91,3 +91,28 @@ def test_a_sudden_slowdown_shrinks_the_batches() -> None:
 def test_ignores_empty_batches() -> None:
     sizer = BatchSizer(100, 1.0, 10, 1000)
     assert sizer.observe(0, 0.0) == 100
+
+
+def test_stats_for_the_report() -> None:
+    sizer = BatchSizer(1000, 1.0, 10, 10_000)
+    run(sizer, lambda rows: rows * 0.0005, 60)
+    stats = sizer.stats()
+    assert stats["mode"] == "target"
+    assert (stats["first"], stats["smallest"], stats["batches"]) == (1000, 1000, 60)
+    assert stats["largest"] == stats["last"] == sizer.size
+    assert isinstance(stats["last10_mean_seconds"], float)
+    assert 0.9 * 0.95 <= stats["last10_mean_seconds"] <= 1.1 * 1.05
+    fixed = BatchSizer(500, None, 10, 10_000)
+    assert fixed.stats()["last10_mean_rows"] is None
+    fixed.observe(500, 0.2)
+    assert fixed.stats() == {
+        "mode": "fixed",
+        "target_seconds": None,
+        "first": 500,
+        "last": 500,
+        "smallest": 500,
+        "largest": 500,
+        "batches": 1,
+        "last10_mean_rows": 500.0,
+        "last10_mean_seconds": 0.2,
+    }
