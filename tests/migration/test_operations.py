@@ -7,10 +7,11 @@ import subprocess
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.util import CommandError
 
 from app_models.tables import metadata
-from context_encryption.alembic_runtime import RUN_LOCK_KEY
+from context_encryption.alembic_runtime import RUN_LOCK_KEY, current_heads
 from context_encryption.catalog import load_catalog
 from tests.support.migration_fixtures import Migration
 from tests.support.seeding import assert_scheme, sample_rows, seed, snapshot
@@ -138,3 +139,21 @@ def test_a_second_live_run_stops_before_any_work(migration: Migration) -> None:
     assert_scheme(
         migration.engine, migration.vault, "users", data["users"], "new", migration.hmac_secret
     )
+
+
+def test_the_version_table_is_the_one_alembic_ini_names(migration: Migration) -> None:
+    """alembic.ini's ``version_table`` is the one source of the name (env.py hard-coded it)."""
+    data = seed(
+        migration.engine, migration.vault, "users", sample_rows("users", 3), migration.hmac_secret
+    )
+    cfg = migration.config()
+    cfg.set_main_option("version_table", "alembic_version_elsewhere")
+    command.upgrade(cfg, "0001_users")
+    with migration.engine.connect() as conn:
+        assert current_heads(conn, "alembic_version_elsewhere") == ("0001_users",)
+        assert not sa.inspect(conn).has_table("alembic_version_encryption")
+    assert_scheme(migration.engine, migration.vault, "users", data, "new", migration.hmac_secret)
+    command.downgrade(cfg, "base")
+    with migration.engine.connect() as conn:
+        assert current_heads(conn, "alembic_version_elsewhere") == ()
+    assert_scheme(migration.engine, migration.vault, "users", data, "old", migration.hmac_secret)
