@@ -41,6 +41,11 @@ While paused it holds no transaction and no lock, so stopping it then (Ctrl-C, `
 nothing: the same command resumes it. A role other than the migration's needs
 ``GRANT SELECT, INSERT, DELETE ON context_encryption_pause TO ...``.
 
+On the machine that runs it, signals do the same for that process: ``kill -USR1 <pid>``
+pauses it, ``kill -USR2 <pid>`` resumes it (the pid is logged when a table starts; the
+handlers are installed when the first table starts on the main thread, as under ``alembic``,
+and stay for the rest of the process).
+
 **Batch size.** With ``-x batch-target`` the size follows the target time
 (:class:`BatchSizer`: a moving average of recent batches' time per row, +10 % below 90 % of
 the target, -20 % above 110 %, within ``min-batch-size`` and ``max-batch-size``), as GitLab's
@@ -52,6 +57,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import os
+import signal
 import threading
 import time
 from collections import deque
@@ -227,6 +234,36 @@ def release_pause(engine: sa.Engine, scope: str = ALL_TABLES, *, table: str) -> 
         conn.execute(sa.delete(t).where(t.c.scope == scope))
 
 
+# -- pause by signal -------------------------------------------------------------------------
+
+#: ``kill -USR1 <pid>`` pauses every table of the process's run, ``kill -USR2 <pid>`` resumes.
+PAUSE_SIGNAL: Final = signal.SIGUSR1
+RESUME_SIGNAL: Final = signal.SIGUSR2
+_signal_paused = threading.Event()
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    if signum == PAUSE_SIGNAL:
+        _signal_paused.set()
+    else:
+        _signal_paused.clear()
+
+
+def install_signal_handlers() -> bool:
+    """SIGUSR1 pauses and SIGUSR2 resumes the runs of this process, from the first table on.
+
+    Installed once, on the main thread (signals only reach it there), and kept for the rest of
+    the process: between two tables a SIGUSR1 must pause the next one, not kill the process
+    (the default action). False off the main thread (no handler, nothing changes).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    for sig in (PAUSE_SIGNAL, RESUME_SIGNAL):
+        if signal.getsignal(sig) is not _on_signal:
+            signal.signal(sig, _on_signal)
+    return True
+
+
 # -- holds ----------------------------------------------------------------------------------
 
 
@@ -328,6 +365,13 @@ class Throttle:
         pause = self._setup_pause(conn)
         if pause is not None:
             messages.append(pause)
+        if install_signal_handlers():
+            log.info(
+                "%s: kill -USR1 %d pauses this run, kill -USR2 %d resumes it",
+                self.table,
+                os.getpid(),
+                os.getpid(),
+            )
         for m in messages:
             log.warning("%s: %s", self.table, m)
         self.messages = messages
@@ -439,6 +483,21 @@ class Throttle:
         return red
 
     def _paused(self, conn: sa.Connection) -> list[Reading]:
+        red = []
+        if _signal_paused.is_set():
+            red.append(
+                Reading(
+                    PAUSE,
+                    "signal",
+                    1,
+                    0,
+                    "pause-table",
+                    f"paused from outside (kill -USR1); kill -USR2 {os.getpid()} to resume",
+                )
+            )
+        return red + self._pause_rows(conn)
+
+    def _pause_rows(self, conn: sa.Connection) -> list[Reading]:
         t = self._pause
         if t is None:
             return []

@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
+import signal
 import threading
 import time
 import uuid
@@ -436,3 +438,31 @@ def test_a_role_without_monitor_rights_gets_the_checks_off_with_a_message(
             conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
             conn.execute(sa.text(f'DROP ROLE "{role}"'))
         admin.dispose()
+
+
+def test_usr1_pauses_and_usr2_resumes(db_engine: sa.Engine) -> None:
+    t = throttle(db_engine, ThrottleConfig(pause_table=None))  # started on the main thread
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        bg = Background(t)
+        until("SIGUSR1 holds the run", bg.holding)
+        os.kill(os.getpid(), signal.SIGUSR2)
+        bg.join()
+    finally:
+        t.close()
+    assert bg.error is None
+    (hold,) = t.holds()
+    assert (hold["outcome"], hold["reasons"]) == ("resumed", ["pause"])
+    assert hold["first"] == [
+        f"paused from outside (kill -USR1); kill -USR2 {os.getpid()} to resume"
+    ]
+    # kept for the process: a SIGUSR1 between two tables pauses the next one, never kills
+    os.kill(os.getpid(), signal.SIGUSR1)
+    t = throttle(db_engine, ThrottleConfig(pause_table=None))
+    try:
+        bg = Background(t)
+        until("the pause carries over to the next table", bg.holding)
+        os.kill(os.getpid(), signal.SIGUSR2)
+        bg.join()
+    finally:
+        t.close()
