@@ -72,6 +72,39 @@ def test_alembic_refuses_a_vault_address_without_scheme_before_any_work(
     assert snapshot(migration.engine, ["users"]) == before
 
 
+def test_preflight_fixes_name_the_flags_typed(
+    migration: Migration, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The fix texts of `context-encryption preflight` (and of verify's quick checks) name
+    --db, --vault-key, ...: the flags of the command run, not alembic's -x options."""
+    nowhere = "postgresql://postgres@127.0.0.1:1/nowhere"
+    code, out, err = run(capsys, "preflight", "--db", nowhere, "--vault-key", "no-such-old-key")
+    assert code == cli.EXIT_PROBLEMS
+    assert "check DATABASE_URL (or --db=...)" in out
+    assert "check VAULT_OLD_KEY (or --vault-key=...)" in out
+    assert "(or --transit-mount=...)" in out
+    assert "-x " not in out + err
+    code, out, err = run(capsys, "preflight", "--vault-addr", "http://127.0.0.1:1")
+    assert code == cli.EXIT_PROBLEMS
+    assert "check VAULT_ADDR (or --vault-addr=...)" in out
+    assert "-x " not in out + err
+    code, out, err = run(capsys, "verify", "--db", nowhere)
+    assert code == cli.EXIT_ERROR
+    assert "check DATABASE_URL (or --db=...)" in err
+    assert "-x " not in out + err
+    code, out, err = run(capsys, "preflight", "--direction", "rewrap", "--db", nowhere)
+    assert code == cli.EXIT_PROBLEMS
+    assert "check DATABASE_URL (or --db=...)" in out
+    assert "-x " not in out + err
+
+
+def test_the_migrations_preflight_names_alembic_x_options(migration: Migration) -> None:
+    proc = migration.cli("-x", "vault-key=no-such-old-key", "upgrade", "head", check=False)
+    assert proc.returncode != 0
+    assert "check VAULT_OLD_KEY (or -x vault-key=...)" in proc.stderr
+    assert "--vault-key" not in proc.stderr
+
+
 # --------------------------------------------------------------------------------------------
 # OpenBao's variable names
 # --------------------------------------------------------------------------------------------
