@@ -1,20 +1,26 @@
 """``context-encryption verify``: which scheme every value is in, against the current revision.
 
-The current revision is read from ``alembic_version_encryption``. A table whose revision is
-applied must hold new-scheme ciphertext (the derived + convergent key with the context
-``<table>.<column>``); every other table must hold old-scheme ciphertext (the old key, no
-context). Each non-NULL value is classified by asking Vault, since the ``vault:v<N>:`` prefix
-cannot tell the schemes apart: one batch decrypt with the scheme the revision implies, and for
-the values that fail, one batch decrypt with the other scheme. A value neither key can decrypt is
-*unreadable*; a value without the ``vault:`` prefix is *plaintext*. Where a column has an HMAC
-companion, the decrypted value is checked against it (match, mismatch, NULL companion; or not
-checked when no HMAC secret is configured).
+The current revision is read from the chain's version table (``alembic_version_encryption``).
+A table whose revision is applied must hold new-scheme ciphertext (the derived + convergent key
+with the context ``<table>.<column>``); every other table must hold old-scheme ciphertext (the
+old key, no context). Tables and columns come from the revisions' snapshots
+(:func:`~context_encryption.catalog.load_catalog`). Each non-NULL value is classified by
+:func:`~context_encryption.schemes.classify`, since the ``vault:v<N>:`` prefix cannot tell the
+schemes apart: one batch decrypt with the scheme the revision implies, and for the values that
+fail, one batch decrypt with the other scheme. A value neither key can decrypt is *unreadable*; a
+value without the ``vault:`` prefix is *plaintext*. Where a column has an HMAC companion, the
+decrypted value is checked against it (match, mismatch, NULL companion; or not checked when no
+HMAC secret is configured).
 
-Problems: a value in the other scheme, plaintext, unreadable, or an HMAC mismatch. Rows are
-read in primary-key order with keyset paging, ``batch_size`` rows per page, each page in its own
-short read transaction: memory stays constant whatever the table size. ``sample=N`` checks the
-first N rows of each table by primary key (deterministic and repeatable; not a random
-``TABLESAMPLE``), which also makes a quick check of a huge table cheap.
+Problems: a value in the other scheme, plaintext, unreadable, an HMAC mismatch, or (applied
+tables) new-scheme values split across key versions. Rows are read in primary-key order with
+keyset paging, ``batch_size`` rows per page, each page in its own short read transaction: memory
+stays constant whatever the table size. ``sample=N`` checks the first N rows of each table by
+primary key (deterministic and repeatable; not a random ``TABLESAMPLE``), which also makes a
+quick check of a huge table cheap.
+
+The counting is :func:`tally`, a pure function of the verdicts; the rest of the module is the
+I/O around it (pages from the database, verdicts from Vault).
 
 Row-level security: a table whose policies apply to the role (PostgreSQL) is refused with
 :class:`VerifyError` (exit 2, "could not verify") rather than checked on the rows the policies
@@ -30,21 +36,15 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import sqlalchemy as sa
 
-from app_models.tables import (
-    ENCRYPTED_COLUMNS,
-    REVISION_OF_TABLE,
-    TABLE_NAMES,
-    EncryptedColumn,
-    context_string,
-    metadata,
-)
+from app_models.specs import TableSpec
 from context_encryption.alembic_runtime import applied_tables, current_revision
+from context_encryption.catalog import load_catalog
 from context_encryption.errors import ContextEncryptionError
 from context_encryption.reencrypt import checkpoint_table
 from context_encryption.row_security import (
@@ -53,17 +53,25 @@ from context_encryption.row_security import (
     is_row_security_error,
     row_security_blockers,
 )
+from context_encryption.schemes import (
+    Kind,
+    Scheme,
+    SchemeName,
+    Verdict,
+    classify,
+    key_version,
+    new_scheme,
+    old_scheme,
+    precheck,
+)
 from context_encryption.settings import Settings
-from context_encryption.transit import MAX_STRING_BYTES, DecryptRequest, TransitClient, hmac_matches
+from context_encryption.transit import TransitClient, hmac_matches
+from context_encryption.vault_texts import brief_reason
 
 log = logging.getLogger("context_encryption")
 
 DEFAULT_BATCH: Final = 500
 DEFAULT_MAX_IDS: Final = 20
-VAULT_PREFIX: Final = "vault:"
-
-SchemeName = Literal["old", "new"]
-REVISIONS: Final = tuple(REVISION_OF_TABLE[t] for t in TABLE_NAMES)
 
 
 class VerifyError(ContextEncryptionError):
@@ -217,130 +225,168 @@ def _in_progress(conn: sa.Connection) -> set[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# the check
+# the tally: verdicts -> counts (pure, no I/O)
 # --------------------------------------------------------------------------------------------
+
+TOO_LONG_REASON: Final = "unreadable (longer than Vault's 1 MiB limit)"
+
+#: Within a page, problems are listed in this order (``failing_ids`` keeps the first
+#: ``max_ids``): values told apart without Vault, values no key reads, then the values of the
+#: expected scheme, then those of the other one.
+_ORDER: Final = {
+    Kind.NULL: 0,
+    Kind.PLAINTEXT: 0,
+    Kind.TOO_LONG: 0,
+    Kind.UNREADABLE: 1,
+    Kind.FIRST: 2,
+    Kind.SECOND: 3,
+}
 
 
 @dataclass(frozen=True)
-class _Scheme:
-    name: SchemeName
-    key: str
-    contextual: bool
+class Checked:
+    """One value of one row and its verdict (``Kind.FIRST``: the expected scheme reads it).
 
-    def context(self, table: str, column: str) -> str | None:
-        return context_string(table, column) if self.contextual else None
+    ``ciphertext`` is the stored value (for its key version), ``companion`` the stored HMAC
+    companion (None: NULL, or the column has none).
+    """
 
-
-def _reason_of(*errors: str) -> str:
-    """A short, value-free reason from Vault's error texts (the most actionable one wins)."""
-    error = " | ".join(errors)
-    if "disallowed by policy" in error:
-        return "unreadable (key version below min_decryption_version)"
-    malformed = (
-        "no prefix",
-        "wrong number of fields",
-        "version number could not be decoded",
-        "could not decode base64",
-        "invalid ciphertext length",
-    )
-    if any(m in error for m in malformed):
-        return "unreadable (malformed ciphertext)"
-    if "message authentication failed" in error:
-        return "unreadable (neither key decrypts it)"
-    if "version is too new" in error:
-        return "unreadable (key version newer than either key's latest)"
-    return "unreadable"
+    pk: Any
+    column: str
+    verdict: Verdict
+    ciphertext: str | None = None
+    companion: str | None = None
 
 
-def _key_version(ciphertext: str) -> int:
-    """The version of a ``vault:v<N>:`` prefix (Vault reads 0 as 1)."""
-    text = ciphertext[len("vault:v") :].split(":", 1)[0]
-    return max(1, int(text)) if text.isdigit() else 0
+def tally(
+    results: Mapping[str, ColumnResult],
+    page: Sequence[Checked],
+    *,
+    expected: SchemeName,
+    secret: str | None,
+    max_ids: int,
+) -> None:
+    """Add one page's verdicts to the columns' counts, problems and failing primary keys."""
+    other: SchemeName = "old" if expected == "new" else "new"
+    for item in sorted(page, key=lambda i: _ORDER[i.verdict.kind]):
+        res = results[item.column]
+        kind = item.verdict.kind
+        if kind is Kind.NULL:
+            res.null += 1
+        elif kind is Kind.PLAINTEXT:
+            res.plaintext += 1
+            res.problem(item.pk, "plaintext", max_ids)
+        elif kind is Kind.TOO_LONG:
+            res.unreadable += 1
+            res.problem(item.pk, TOO_LONG_REASON, max_ids)
+        elif kind is Kind.UNREADABLE:
+            res.unreadable += 1
+            reason = brief_reason(item.verdict.first_error or "", item.verdict.second_error or "")
+            res.problem(item.pk, reason, max_ids)
+        else:
+            scheme = expected if kind is Kind.FIRST else other
+            _tally_scheme(res, item, scheme, expected, max_ids)
+            _tally_hmac(res, item, secret, max_ids)
+
+
+def _tally_scheme(
+    res: ColumnResult, item: Checked, scheme: SchemeName, expected: SchemeName, max_ids: int
+) -> None:
+    if scheme == "new":
+        res.new_scheme += 1
+        version = key_version(item.ciphertext or "") or 0
+        res.versions[version] = res.versions.get(version, 0) + 1
+    else:
+        res.old_scheme += 1
+    if scheme != expected:
+        res.problem(item.pk, f"{scheme} scheme (expected {expected})", max_ids)
+
+
+def _tally_hmac(res: ColumnResult, item: Checked, secret: str | None, max_ids: int) -> None:
+    if res.companion is None:
+        return
+    if item.companion is None:
+        res.hmac_null += 1
+    elif secret is None:
+        res.hmac_unchecked += 1
+    elif _companion_matches(secret, item.verdict.plaintext, item.companion):
+        res.hmac_match += 1
+    else:
+        res.hmac_mismatch += 1
+        res.problem(item.pk, "HMAC mismatch", max_ids)
+
+
+def _companion_matches(secret: str, plaintext_b64: str | None, companion: str) -> bool:
+    if plaintext_b64 is None:
+        return False
+    try:
+        raw = base64.b64decode(plaintext_b64, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return hmac_matches(secret, raw, companion)
+
+
+# --------------------------------------------------------------------------------------------
+# the I/O: pages of rows, verdicts from Vault
+# --------------------------------------------------------------------------------------------
 
 
 def _check_page(
     rows: Sequence[sa.Row[Any]],
-    table: str,
-    cols: Sequence[EncryptedColumn],
-    results: dict[str, ColumnResult],
+    spec: TableSpec,
     *,
-    expected: _Scheme,
-    other: _Scheme,
+    expected: Scheme,
+    other: Scheme,
     transit: TransitClient,
-    secret: str | None,
-    max_ids: int,
-) -> None:
-    pending: list[tuple[Any, EncryptedColumn, str, str | None]] = []  # pk, col, ct, companion
-    for row in rows:
-        m = row._mapping
-        pk = m["id"]
-        for col in cols:
-            res = results[col.name]
-            value = m[col.name]
-            companion = m[col.hmac_column] if col.hmac_column else None
-            if value is None:
-                res.null += 1
-            elif not value.startswith(VAULT_PREFIX):
-                res.plaintext += 1
-                res.problem(pk, "plaintext", max_ids)
-            elif len(value) > MAX_STRING_BYTES:
-                res.unreadable += 1
-                res.problem(pk, "unreadable (longer than Vault's 1 MiB limit)", max_ids)
-            else:
-                pending.append((pk, col, value, companion))
-    if not pending:
-        return
+) -> list[Checked]:
+    """Every encrypted value of ``rows`` with its verdict: at most two batch decrypts."""
+    cells = [
+        (m[spec.pk], col.name, m[col.name], m[col.hmac] if col.hmac else None)
+        for m in (row._mapping for row in rows)
+        for col in spec.columns
+    ]
+    kinds = [precheck(value) for _pk, _col, value, _comp in cells]
+    asked = [
+        (col, value) for (_pk, col, value, _c), k in zip(cells, kinds, strict=True) if k is None
+    ]
+    verdicts = iter(classify(transit, spec.name, asked, expected, other))
+    return [
+        Checked(pk, col, Verdict(k) if k is not None else next(verdicts), value, companion)
+        for (pk, col, value, companion), k in zip(cells, kinds, strict=True)
+    ]
 
-    first = transit.decrypt_batch(
-        expected.key,
-        [DecryptRequest(ct, expected.context(table, c.name)) for _pk, c, ct, _h in pending],
-    )
-    decrypted: list[tuple[Any, EncryptedColumn, str, str | None, _Scheme, str]] = []
-    retry: list[tuple[Any, EncryptedColumn, str, str | None, str]] = []
-    for (pk, col, ct, comp), r in zip(pending, first, strict=True):
-        if r.ok and r.value is not None:
-            decrypted.append((pk, col, r.value, comp, expected, ct))
-        else:
-            retry.append((pk, col, ct, comp, r.error or ""))
-    if retry:
-        second = transit.decrypt_batch(
-            other.key,
-            [DecryptRequest(ct, other.context(table, c.name)) for _pk, c, ct, _h, _e in retry],
-        )
-        for (pk, col, ct, comp, err), r in zip(retry, second, strict=True):
-            if r.ok and r.value is not None:
-                decrypted.append((pk, col, r.value, comp, other, ct))
-            else:
-                res = results[col.name]
-                res.unreadable += 1
-                res.problem(pk, _reason_of(err, r.error or ""), max_ids)
 
-    for pk, col, b64, comp, scheme, ct in decrypted:
-        res = results[col.name]
-        if scheme.name == "new":
-            res.new_scheme += 1
-            version = _key_version(ct)
-            res.versions[version] = res.versions.get(version, 0) + 1
-        else:
-            res.old_scheme += 1
-        if scheme is not expected:
-            res.problem(pk, f"{scheme.name} scheme (expected {expected.name})", max_ids)
-        if col.hmac_column is None:
-            continue
-        if comp is None:
-            res.hmac_null += 1
-        elif secret is None:
-            res.hmac_unchecked += 1
-        else:
-            try:
-                raw = base64.b64decode(b64, validate=True)
-            except (binascii.Error, ValueError):
-                raw = None
-            if raw is not None and hmac_matches(secret, raw, comp):
-                res.hmac_match += 1
-            else:
-                res.hmac_mismatch += 1
-                res.problem(pk, "HMAC mismatch", max_ids)
+def _pages(
+    conn: sa.Connection, spec: TableSpec, *, sample: int | None, batch_size: int
+) -> Iterator[Sequence[sa.Row[Any]]]:
+    """The rows of ``spec``'s table in primary-key order, a page (one read transaction) at a
+    time, the first ``sample`` only if given."""
+    t = spec.table
+    pk = t.c[spec.pk]
+    names = [n for c in spec.columns for n in (c.name, c.hmac) if n]
+    select = sa.select(pk, *(t.c[n] for n in names)).order_by(pk)
+    last: Any = None
+    remaining = sample
+    while remaining is None or remaining > 0:
+        limit = batch_size if remaining is None else min(batch_size, remaining)
+        stmt = select.limit(limit) if last is None else select.limit(limit).where(pk > last)
+        try:
+            with conn.begin():
+                disable_row_security(conn)
+                rows = conn.execute(stmt).all()
+        except sa.exc.DBAPIError as exc:
+            if not is_row_security_error(exc):
+                raise
+            raise VerifyError(
+                f"cannot verify {spec.name}: a row-level security policy applies to this "
+                f"role, so PostgreSQL would hide rows from verify. Fix: {ROW_SECURITY_FIX}"
+            ) from None
+        if not rows:
+            return
+        yield rows
+        last = rows[-1][0]
+        if remaining is not None:
+            remaining -= len(rows)
 
 
 def verify_table(
@@ -355,20 +401,15 @@ def verify_table(
     max_ids: int = DEFAULT_MAX_IDS,
 ) -> TableResult:
     """Classify every value of ``table`` (or the first ``sample`` rows by primary key)."""
-    old = _Scheme("old", settings.old_key, contextual=False)
-    new = _Scheme("new", settings.new_key, contextual=True)
+    catalog = load_catalog()
+    spec = catalog.spec(table)
+    old, new = old_scheme(settings), new_scheme(settings)
     expected, other = (new, old) if applied else (old, new)
-    cols = ENCRYPTED_COLUMNS[table]
-    result = TableResult(table, REVISION_OF_TABLE[table], applied, expected.name)
-    results = {c.name: ColumnResult(c.name, c.hmac_column) for c in cols}
-    result.columns = [results[c.name] for c in cols]
+    result = TableResult(table, catalog.revision_of(table), applied, expected.name)
+    result.columns = [ColumnResult(c.name, c.hmac) for c in spec.columns]
+    results = {c.column: c for c in result.columns}
     secret = settings.hmac_secret.get() if settings.hmac_secret is not None else None
 
-    t = metadata.tables[table]
-    names = [n for c in cols for n in (c.name, c.hmac_column) if n]
-    select = sa.select(t.c.id, *(t.c[n] for n in names)).order_by(t.c.id)
-    last: Any = None
-    remaining = sample
     with engine.connect() as conn:
         if not sa.inspect(conn).has_table(table):
             result.exists = False
@@ -381,39 +422,10 @@ def verify_table(
                 f"cannot verify {table}: {hidden[table]}, so PostgreSQL would hide rows from "
                 f"verify. Fix: {ROW_SECURITY_FIX}"
             )
-        while remaining is None or remaining > 0:
-            limit = batch_size if remaining is None else min(batch_size, remaining)
-            stmt = select.limit(limit)
-            if last is not None:
-                stmt = stmt.where(t.c.id > last)
-            try:
-                with conn.begin():
-                    disable_row_security(conn)
-                    rows = conn.execute(stmt).all()
-            except sa.exc.DBAPIError as exc:
-                if not is_row_security_error(exc):
-                    raise
-                raise VerifyError(
-                    f"cannot verify {table}: a row-level security policy applies to this "
-                    f"role, so PostgreSQL would hide rows from verify. Fix: {ROW_SECURITY_FIX}"
-                ) from None
-            if not rows:
-                break
-            _check_page(
-                rows,
-                table,
-                cols,
-                results,
-                expected=expected,
-                other=other,
-                transit=transit,
-                secret=secret,
-                max_ids=max_ids,
-            )
+        for rows in _pages(conn, spec, sample=sample, batch_size=batch_size):
+            page = _check_page(rows, spec, expected=expected, other=other, transit=transit)
+            tally(results, page, expected=expected.name, secret=secret, max_ids=max_ids)
             result.rows_checked += len(rows)
-            last = rows[-1][0]
-            if remaining is not None:
-                remaining -= len(rows)
     if applied:
         for c in result.columns:
             c.split_problem()
@@ -436,8 +448,9 @@ def verify(
     """Verify ``tables`` (default: ``settings.tables``, else all) against the current revision."""
     if sample is not None and sample < 1:
         raise VerifyError("--sample must be at least 1")
-    wanted = tables if tables is not None else (settings.tables or TABLE_NAMES)
-    scope = [t for t in TABLE_NAMES if t in set(wanted)]
+    chain = load_catalog().tables
+    wanted = set(tables if tables is not None else (settings.tables or chain))
+    scope = [t for t in chain if t in wanted]
     with engine.connect() as conn:
         revision = current_revision(conn)
         busy = _in_progress(conn)
