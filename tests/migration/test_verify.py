@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from app_models.tables import TABLE_NAMES, metadata
+from app_models.tables import metadata
 from context_encryption import cli
-from tests.support.migration_fixtures import ROOT, Migration, assert_no_leak, secrets_of
+from context_encryption.catalog import load_catalog
+from tests.support.migration_fixtures import Migration, assert_no_leak, secrets_of
 from tests.support.seeding import Plain, sample_rows, seed
+from tests.support.tools import subprocess_verify
+
+TABLE_NAMES = load_catalog().tables
 
 SIZES = {"users": 40, "invitations": 25}
 
@@ -47,25 +48,6 @@ def column(doc: dict[str, Any], table: str, col: str) -> dict[str, Any]:
 
 def non_null(data: dict[Any, Plain], col: str) -> int:
     return sum(1 for r in data.values() if r[col] is not None)
-
-
-def subprocess_verify(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess_tool(env, "verify", *args)
-
-
-def subprocess_tool(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """The real ``context-encryption`` console script, with ``env`` over this environment."""
-    exe = Path(sys.executable).with_name("context-encryption")
-    assert exe.exists(), "run .venv/bin/pip install -e . --group dev once"
-    return subprocess.run(
-        [str(exe), *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 def test_base_after_seeding_everything_is_old(
