@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -466,3 +467,21 @@ def test_usr1_pauses_and_usr2_resumes(db_engine: sa.Engine) -> None:
         bg.join()
     finally:
         t.close()
+
+
+def test_sqlite_has_nothing_to_watch_and_pauses_work(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'demo.db'}", poolclass=sa.pool.NullPool)
+    t = throttle(engine, ThrottleConfig())
+    try:
+        assert t.messages == []
+        assert not t.checks.active
+        t.before_batch()
+        request_pause(engine, table=DEFAULT_PAUSE_TABLE)
+        bg = Background(t)
+        until("the pause holds the SQLite run", bg.holding)
+        release_pause(engine, table=DEFAULT_PAUSE_TABLE)
+        bg.join()
+    finally:
+        t.close()
+        engine.dispose()
+    assert bg.error is None
