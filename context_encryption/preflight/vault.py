@@ -14,12 +14,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from app_models.specs import Direction
 from context_encryption.errors import (
     ContextEncryptionError,
     VaultRequestError,
     VaultUnavailableError,
 )
 from context_encryption.preflight.report import DirectionName, PreflightReport
+from context_encryption.schemes import schemes
 from context_encryption.settings import Settings
 from context_encryption.transit import TransitClient
 from context_encryption.vault_texts import PERMISSION_DENIED
@@ -34,7 +36,7 @@ def required_capabilities(settings: Settings, direction: DirectionName) -> list[
     if direction == "rewrap":
         return rewrap_capabilities(settings)
     m, old, new = settings.transit_mount, settings.old_key, settings.new_key
-    source, target = (old, new) if direction == "upgrade" else (new, old)
+    source, target = (s.key for s in schemes(settings, Direction(direction)))
     return [
         (f"{m}/decrypt/{source}", "update"),
         (f"{m}/encrypt/{target}", "update"),

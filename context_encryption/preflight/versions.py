@@ -162,6 +162,8 @@ class _VersionCheck:
     report: PreflightReport
     source: KeyInfo
     transit: TransitClient | None
+    #: the scheme the values are expected in (its key is ``source``), and the trial's
+    first: Scheme
     target: Scheme
     problems: list[str] = field(default_factory=list)
     too_old: list[int] = field(default_factory=list)
@@ -243,10 +245,10 @@ def check_versions(
 
     ``transit`` None: versions outside the range are not trial-decrypted (they all count).
     """
-    _source, target = schemes(settings, Direction(report.direction))
+    first, target = schemes(settings, Direction(report.direction))
     with connection(engine) as conn:
         disable_row_security(conn)
-        check = _VersionCheck(conn, report, source, transit, target)
+        check = _VersionCheck(conn, report, source, transit, first, target)
         absent = missing_tables(conn, tables)
         for table in tables:
             if table in absent:
@@ -258,7 +260,7 @@ def check_versions(
         return
     if absent:
         return
-    which = "old" if report.direction == "upgrade" else "new"
+    which = first.name
     lo, hi = source.min_decryption_version, source.latest_version
     seen = sorted({v for d in report.versions.values() for v in d})
     report.add(
@@ -271,7 +273,7 @@ def check_versions(
 def _report_problems(settings: Settings, findings: _VersionCheck) -> None:
     """The failure (or, with on-error=skip, the warning) for versions the source key lacks."""
     report, source = findings.report, findings.source
-    which = "old" if report.direction == "upgrade" else "new"
+    which = findings.first.name
     lo, hi = source.min_decryption_version, source.latest_version
     fixes = []
     if findings.too_old:
