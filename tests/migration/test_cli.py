@@ -6,10 +6,12 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from app_models.tables import TABLE_NAMES
 from context_encryption.alembic_runtime import RUN_LOCK_KEY
+from context_encryption.catalog import load_catalog
 from tests.support.migration_fixtures import Migration, assert_no_leak, secrets_of
 from tests.support.seeding import assert_scheme, sample_rows, seed, snapshot
+
+TABLES = load_catalog().tables
 
 
 def test_operator_session_from_the_shell(migration: Migration) -> None:
@@ -22,7 +24,7 @@ def test_operator_session_from_the_shell(migration: Migration) -> None:
             sample_rows(t, sizes.get(t, 60)),
             migration.hmac_secret,
         )
-        for t in TABLE_NAMES
+        for t in TABLES
     }
     secrets = secrets_of(migration, data)
 
@@ -30,7 +32,7 @@ def test_operator_session_from_the_shell(migration: Migration) -> None:
     assert_no_leak(up.stdout + up.stderr, secrets)
     assert "users (upgrade): 1500 rows scanned" in up.stderr
     assert "Running upgrade 0006_sessions -> 0007_consent_records" in up.stderr
-    for t in TABLE_NAMES:
+    for t in TABLES:
         assert_scheme(migration.engine, migration.vault, t, data[t], "new", migration.hmac_secret)
 
     down = migration.cli("downgrade", "-1")
@@ -50,12 +52,12 @@ def test_operator_session_from_the_shell(migration: Migration) -> None:
 
     migration.cli("downgrade", "base")
     assert migration.current() is None
-    for t in TABLE_NAMES:
+    for t in TABLES:
         assert_scheme(migration.engine, migration.vault, t, data[t], "old", migration.hmac_secret)
 
     migration.cli("upgrade", "0002_invitations")
     assert migration.current() == "0002_invitations"
-    for t in TABLE_NAMES:
+    for t in TABLES:
         scheme = "new" if t in ("users", "invitations") else "old"
         assert_scheme(migration.engine, migration.vault, t, data[t], scheme, migration.hmac_secret)
 
@@ -86,12 +88,12 @@ def test_unknown_x_option_stops_before_any_work(migration: Migration) -> None:
 
 
 def test_dry_run_writes_nothing_and_stamps_nothing(migration: Migration) -> None:
-    for t in TABLE_NAMES:
+    for t in TABLES:
         seed(migration.engine, migration.vault, t, sample_rows(t, 12), migration.hmac_secret)
-    before = snapshot(migration.engine, TABLE_NAMES)
+    before = snapshot(migration.engine, TABLES)
     proc = migration.cli("-x", "dry-run=true", "upgrade", "head")
     assert "dry run" in proc.stderr
-    assert snapshot(migration.engine, TABLE_NAMES) == before
+    assert snapshot(migration.engine, TABLES) == before
     assert migration.current() is None
     with migration.engine.connect() as conn:
         assert not sa.inspect(conn).has_table("context_encryption_checkpoint")

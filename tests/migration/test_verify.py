@@ -16,7 +16,7 @@ from tests.support.migration_fixtures import Migration, assert_no_leak, secrets_
 from tests.support.seeding import Plain, sample_rows, seed
 from tests.support.tools import subprocess_verify
 
-TABLE_NAMES = load_catalog().tables
+TABLES = load_catalog().tables
 
 SIZES = {"users": 40, "invitations": 25}
 
@@ -25,7 +25,7 @@ def seed_all(m: Migration, sizes: dict[str, int] | None = None) -> dict[str, dic
     sizes = SIZES if sizes is None else sizes
     return {
         t: seed(m.engine, m.vault, t, sample_rows(t, sizes.get(t, 8)), m.hmac_secret)
-        for t in TABLE_NAMES
+        for t in TABLES
     }
 
 
@@ -58,7 +58,7 @@ def test_base_after_seeding_everything_is_old(
     assert code == 0
     assert doc["ok"] is True
     assert doc["revision"] is None
-    assert [t["table"] for t in doc["tables"]] == list(TABLE_NAMES)
+    assert [t["table"] for t in doc["tables"]] == list(TABLES)
     assert all(t["expected_scheme"] == "old" for t in doc["tables"])
     email = column(doc, "users", "email")
     assert email["old_scheme"] == non_null(data["users"], "email")
