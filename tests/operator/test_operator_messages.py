@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from app_models.tables import TABLE_NAMES
 from context_encryption import cli
+from context_encryption.catalog import load_catalog
 from context_encryption.report import RunReport
 from context_encryption.settings import OPTIONS, X_NAMES, load_settings
 from tests.support.migration_fixtures import ROOT, Migration, assert_no_leak
@@ -203,7 +203,7 @@ def test_preflight_checks_exactly_the_tables_alembic_would_touch(
     migration.upgrade("0002_invitations")
     code, out, _err = run(capsys, "preflight")
     assert code == cli.EXIT_OK
-    rest = list(TABLE_NAMES[2:])
+    rest = list(load_catalog().tables[2:])
     assert f"revision 0002_invitations: `alembic upgrade head` would migrate {', '.join(rest)}" in (
         out
     )

@@ -477,3 +477,12 @@ def test_versions_above_the_keys_latest(migration: Migration, vault_client: Any)
     text = failure(migration, tables=("consent_records",), vault_key="another-old-key")
     assert "value(s) of version v2, above the key's latest version 1" in text
     assert "not made by the old key 'another-old-key'" in text
+
+
+def test_a_wrong_hmac_secret_is_refused_before_a_rollback_too(migration: Migration) -> None:
+    """The sample decrypts with the new scheme (the downgrade's source) and its context."""
+    seed(migration.engine, migration.vault, "users", sample_rows("users", 6), "the-real-secret")
+    migration.upgrade("0001_users", hmac_secret="the-real-secret")
+    text = failure(migration, "downgrade", tables=("users",), hmac_secret="not-the-secret")
+    assert "HMAC verification failed for every sampled companion of users.email_hmac" in text
+    assert preflight(migration, "downgrade", tables=("users",), hmac_secret="the-real-secret").ok
