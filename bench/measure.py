@@ -7,7 +7,7 @@ the latency of the measurement and counts requests and items; ``direct=True`` on
                           run), timed, with its peak RSS (``VmHWM``).
 (b) :func:`baseline_run`  the original tool's shape: per value one decrypt and one encrypt
                           request (hvac, no batch), one UPDATE (and commit) per row.
-(c) :func:`db_only_run`   the engine's keyset SELECT and compare-and-swap UPDATE (``_Db``) with
+(c) :func:`db_only_run`   the engine's keyset SELECT and compare-and-swap UPDATE (``TableSql``) with
                           its checkpoint, per batch, fed precomputed ciphertexts: no Vault.
 (d) :func:`vault_only_run` the engine's batch requests (``TransitClient.decrypt_batch`` then
                           ``encrypt_batch`` per batch), back to back: no database.
@@ -49,12 +49,7 @@ from bench.fixture import (
     b64,
     hmac_hex,
 )
-from context_encryption.reencrypt import (
-    _Checkpointer,
-    _Db,
-    _Row,
-    ensure_checkpoint_table,
-)
+from context_encryption.engine import Checkpointer, Row, TableSql, ensure_checkpoint_table
 from context_encryption.settings import DEFAULT_VAULT_BATCH_ITEMS, Secret, Settings
 from context_encryption.transit import DecryptRequest, EncryptRequest, RequestLimits, TransitClient
 
@@ -528,16 +523,16 @@ def db_only_run(b: Bench, *, rows: int, batch_size: int) -> Point:
 
     Keyset SELECT on a reader connection, then per batch, on a writer connection and in one
     transaction: the engine's timeouts, its compare-and-swap ``UPDATE ... FROM unnest(...)``, and
-    its checkpoint advance, as ``_TableRun._process_batch`` does them. Serial: one batch at a
+    its checkpoint advance, as ``BatchWriter.process`` does them. Serial: one batch at a
     time. The precomputed values are the engine's own output (kept after the first run (a)).
     """
     new_values = b.db.migrated_values()
     b.db.restore(rows)
     settings = b.settings()
     engine = b.db.engine
-    db = _Db(USERS_SPEC, engine.dialect.name)
+    db = TableSql(USERS_SPEC, engine.dialect.name)
     ensure_checkpoint_table(engine)
-    checkpointer = _Checkpointer("bench_db_only", Direction.UPGRADE, TABLE)
+    checkpointer = Checkpointer("bench_db_only", Direction.UPGRADE, TABLE)
     with engine.begin() as conn:
         checkpointer.start(conn, None)
     written_total = 0
@@ -551,7 +546,7 @@ def db_only_run(b: Bench, *, rows: int, batch_size: int) -> Point:
                 result = reader.execute(db.select_after(last_pk, batch_size)).all()
             if not result:
                 break
-            batch: list[_Row] = db.to_rows(result)
+            batch: list[Row] = db.to_rows(result)
             last_pk = batch[-1].pk
             for r in batch:
                 vals = new_values[r.pk]

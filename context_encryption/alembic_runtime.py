@@ -26,8 +26,8 @@ from alembic import context
 from alembic.runtime.migration import MigrationContext, RevisionStep
 
 from context_encryption.catalog import Catalog, load_catalog
+from context_encryption.engine import RunContext
 from context_encryption.errors import ConfigurationError, PreflightError
-from context_encryption.reencrypt import RunContext
 
 RUNTIME_KEY: Final = "context_encryption.runtime"
 #: Optional ``config.attributes`` entry: ``Callable[[Settings], TransitClient]`` (a test seam).

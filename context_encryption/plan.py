@@ -24,8 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from context_encryption.catalog import Catalog
+from context_encryption.engine import Checkpoint
 from context_encryption.errors import ConfigurationError, PreflightError
-from context_encryption.reencrypt import Checkpoint
 from context_encryption.settings import Settings
 
 

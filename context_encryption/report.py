@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from context_encryption.reencrypt import Outcome, TableSummary
+from context_encryption.engine import Outcome, TableSummary
 from context_encryption.settings import REPORT_TEMP_PREFIX, Settings
 
 log = logging.getLogger("context_encryption")

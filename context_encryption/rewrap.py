@@ -7,19 +7,15 @@ tables to one version (the latest, pinned at the start, or ``--to-version N``) t
 ``transit/rewrap/<new key>`` batches, each value with its column's context. Vault decrypts and
 re-encrypts inside itself: no new-scheme plaintext reaches this process.
 
-It runs on the migration's engine (:mod:`context_encryption.reencrypt`), with a rewrap strategy for
-each batch (:class:`RewrapRows`): keyset streaming, the compare-and-swap write (no concurrent
-update lost), the durable checkpoint (revision ``rewrap:<table>``, direction ``rewrap``: never a
-migration's), the pinned key version with its fingerprint probe, workers, progress, dry run, the
-JSON report, request limits and the database's run lock (one live run, migration or rewrap, at
-a time). HMAC companions are never written (they are compared, so a concurrent change of one is
-not overwritten either).
-
-Each value is classified by its rewrap: NULL; rewrapped; already at the target version (left
-alone, counted); or, when the new key with the column's context cannot read it, reported by
-primary key and left as it is: plaintext (no ``vault:`` prefix), old scheme (the old key without
-context decrypts it: that trial's plaintext is dropped unread), or unreadable. Such values never
-stop the run and never hold other columns of their row back.
+This module is the command: its scope (:func:`rewrap_scope`), the target version
+(:func:`target_version`), the run (:func:`rewrap_tables`) and its report (:class:`RewrapReport`).
+It runs on the migration's engine (:mod:`context_encryption.engine`) with the rewrap's row
+strategy (:class:`~context_encryption.engine.rewrap_rows.RewrapRows`): keyset streaming, the
+compare-and-swap write (no concurrent update lost), the durable checkpoint (revision
+``rewrap:<table>``, direction ``rewrap``: never a migration's), the pinned key version with its
+fingerprint probe, workers, progress, dry run, the JSON report, request limits and the
+database's run lock (one live run, migration or rewrap, at a time). HMAC companions are never
+written (they are compared, so a concurrent change of one is not overwritten either).
 
 Only tables whose revision is applied (expected in the new scheme) are rewrapped; a table with
 a stopped migration's checkpoint is refused until that migration is finished.
@@ -28,60 +24,39 @@ a stopped migration's checkpoint is refused until that migration is finished.
 from __future__ import annotations
 
 import logging
-import re
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import sqlalchemy as sa
 
-from app_models.specs import ColumnSpec, Direction, TableSpec
-from app_models.tables import ENCRYPTED_COLUMNS, TABLE_NAMES, metadata
-from context_encryption.alembic_runtime import applied_tables, current_revision, single_run
-from context_encryption.errors import (
-    ConfigurationError,
-    MigrationAborted,
-    PreflightError,
-    RowError,
-)
-from context_encryption.preflight.versions import scan_table_versions
-from context_encryption.reencrypt import (
-    VAULT_PREFIX,
-    Outcome,
+from app_models.specs import Direction, TableSpec
+from context_encryption.alembic_runtime import current_revision, single_run
+from context_encryption.catalog import load_catalog
+from context_encryption.engine import (
+    NOTE_KINDS,
+    RewrapRows,
     RunContext,
-    Scheme,
+    TableRun,
     TableSummary,
-    _Row,
-    _TableRun,
     clear_checkpoints,
     ensure_checkpoint_table,
     read_checkpoints,
-    schemes,
 )
+from context_encryption.engine.rewrap_rows import Notes
+from context_encryption.engine.summary import failure_lines
+from context_encryption.errors import ConfigurationError, MigrationAborted, PreflightError
+from context_encryption.preflight.versions import scan_table_versions
 from context_encryption.report import write_json_atomically
 from context_encryption.row_security import disable_row_security
+from context_encryption.schemes import new_scheme, old_scheme
 from context_encryption.settings import Settings
-from context_encryption.transit import (
-    MAX_STRING_BYTES,
-    DecryptRequest,
-    KeyInfo,
-    RewrapRequest,
-    TransitClient,
-)
-from context_encryption.vault_texts import TOO_OLD
+from context_encryption.transit import KeyInfo, TransitClient
 
 log = logging.getLogger("context_encryption")
 
 #: Checkpoint revision of a table's rewrap (direction ``rewrap``).
 REVISION_PREFIX: Final = "rewrap:"
-_VERSION = re.compile(r"^vault:v([0-9]{1,9}):")
-
-#: kinds of the values a rewrap reports and leaves as they are
-PLAINTEXT: Final = "plaintext"
-OLD_SCHEME: Final = "old_scheme"
-UNREADABLE: Final = "unreadable"
-NOTE_KINDS: Final = (PLAINTEXT, OLD_SCHEME, UNREADABLE)
 
 
 def rewrap_revision(table: str) -> str:
@@ -89,142 +64,8 @@ def rewrap_revision(table: str) -> str:
     return f"{REVISION_PREFIX}{table}"
 
 
-def key_version(ciphertext: str) -> int | None:
-    """The key version in a ``vault:v<N>:`` prefix (0 reads as 1, as Vault does)."""
-    m = _VERSION.match(ciphertext)
-    return max(1, int(m.group(1))) if m else None
-
-
 # --------------------------------------------------------------------------------------------
-# one batch
-# --------------------------------------------------------------------------------------------
-
-
-class RewrapRows:
-    """The engine's per-batch strategy for a rewrap.
-
-    A :class:`~context_encryption.reencrypt.RowProcessor`.
-
-    Values it cannot rewrap are not row errors: they are kept here by (column, primary key),
-    so a row re-read after a concurrent change is noted once, as it is now. Thread safe.
-    """
-
-    def __init__(self, old_key: str) -> None:
-        self.old_key = old_key
-        self._lock = threading.Lock()
-        self._notes: dict[tuple[str, str], tuple[str, str]] = {}
-
-    def notes(self) -> dict[tuple[str, str], tuple[str, str]]:
-        """{(column, primary key): (kind, reason)} of the values left as they are."""
-        with self._lock:
-            return dict(self._notes)
-
-    def _note(self, col: str, pk: Any, kind: str, reason: str) -> None:
-        with self._lock:
-            self._notes[(col, str(pk))] = (kind, reason)
-
-    def _forget(self, col: str, pk: Any) -> None:
-        with self._lock:
-            self._notes.pop((col, str(pk)), None)
-
-    def __call__(
-        self,
-        rows: Sequence[_Row],
-        spec: TableSpec,
-        *,
-        source: Scheme,  # noqa: ARG002 (the RowProcessor signature: a rewrap's is the target)
-        target: Scheme,
-        target_version: int,
-        settings: Settings,  # noqa: ARG002
-        transit: TransitClient,
-    ) -> None:
-        table = spec.name
-        todo: list[tuple[_Row, ColumnSpec, str]] = []
-        for row in rows:
-            for col in spec.columns:
-                value = row.values[col.name]
-                if value is None:
-                    row.outcomes[col.name] = Outcome.NULL
-                    self._forget(col.name, row.pk)
-                elif not value.startswith(VAULT_PREFIX):
-                    self._note(
-                        col.name,
-                        row.pk,
-                        PLAINTEXT,
-                        "holds plaintext (no 'vault:' prefix); a rewrap leaves it as it is",
-                    )
-                elif len(value) > MAX_STRING_BYTES:
-                    self._note(
-                        col.name, row.pk, UNREADABLE, "longer than Vault's 1 MiB string limit"
-                    )
-                else:
-                    todo.append((row, col, value))
-        if not todo:
-            return
-        results = transit.rewrap_batch(
-            target.key,
-            [RewrapRequest(v, target.context(table, c.name)) for _r, c, v in todo],
-            key_version=target_version,
-        )
-        failed: list[tuple[_Row, ColumnSpec, str, str]] = []
-        for (row, col, value), res in zip(todo, results, strict=True):
-            if res.error is not None or not res.value or not res.value.startswith(VAULT_PREFIX):
-                failed.append((row, col, value, res.error or "no ciphertext in Vault's answer"))
-                continue
-            self._forget(col.name, row.pk)
-            if key_version(value) == target_version:
-                row.outcomes[col.name] = Outcome.ALREADY
-            elif len(res.value) > MAX_STRING_BYTES:
-                row.outcomes[col.name] = Outcome.FAILED
-                row.errors.append(
-                    RowError(table, col.name, row.pk, "its rewrapped ciphertext is over 1 MiB")
-                )
-            else:
-                row.new[col.name] = res.value
-                row.outcomes[col.name] = Outcome.MIGRATED
-        if failed:
-            self._classify(failed, table, target, transit)
-
-    def _classify(
-        self,
-        failed: list[tuple[_Row, ColumnSpec, str, str]],
-        table: str,
-        target: Scheme,
-        transit: TransitClient,
-    ) -> None:
-        """Old scheme or unreadable: a trial decrypt with the old key, its plaintext dropped."""
-        trial = transit.decrypt_batch(
-            self.old_key, [DecryptRequest(v, None) for *_, v, _e in failed]
-        )
-        for (row, col, _v, error), res in zip(failed, trial, strict=True):
-            if res.ok:
-                self._note(
-                    col.name,
-                    row.pk,
-                    OLD_SCHEME,
-                    f"is in the old scheme (key {self.old_key!r} without context), not the new "
-                    "one; a rewrap leaves it as it is: migrate it (README runbook, step 9)",
-                )
-            elif TOO_OLD in error:
-                self._note(
-                    col.name,
-                    row.pk,
-                    UNREADABLE,
-                    f"its version is below the min_decryption_version of "
-                    f"{target.describe(table, col.name)} (Vault: disallowed by policy (too old))",
-                )
-            else:
-                self._note(
-                    col.name,
-                    row.pk,
-                    UNREADABLE,
-                    f"unreadable: Vault says {error!r} for {target.describe(table, col.name)} "
-                    f"and {res.error!r} for key {self.old_key!r} without context",
-                )
-
-
-# --------------------------------------------------------------------------------------------
-# the run
+# the report
 # --------------------------------------------------------------------------------------------
 
 
@@ -233,7 +74,7 @@ class RewrapTable:
     """One table's rewrap: the engine's summary and the values left as they are."""
 
     summary: TableSummary
-    notes: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    notes: Notes = field(default_factory=dict)
     versions_before: dict[str, dict[int, int]] = field(default_factory=dict)
 
     def left(self, column: str, kind: str) -> int:
@@ -242,7 +83,7 @@ class RewrapTable:
     def as_dict(self) -> dict[str, Any]:
         s = self.summary
         columns: dict[str, Any] = {}
-        for col in ENCRYPTED_COLUMNS[s.table]:
+        for col in load_catalog().spec(s.table).columns:
             c = s.columns.get(col.name)
             columns[col.name] = {
                 "rewrapped": c.migrated if c else 0,
@@ -345,6 +186,11 @@ class RewrapReport:
         }
 
 
+# --------------------------------------------------------------------------------------------
+# scope and target version
+# --------------------------------------------------------------------------------------------
+
+
 def target_version(info: KeyInfo, requested: int | None, mount: str) -> int:
     """The version a rewrap pins: ``requested`` (None: the latest), within the key's range."""
     if requested is None:
@@ -385,8 +231,9 @@ def rewrap_scope(settings: Settings, conn: sa.Connection) -> tuple[str | None, l
     A table named with ``--tables`` whose revision is not applied, or any table in scope with
     a stopped migration's checkpoint, stops the command before any work.
     """
+    catalog = load_catalog()
     revision = current_revision(conn)
-    applied = applied_tables(revision)
+    applied = catalog.applied_tables(revision)
     if settings.tables is not None:
         outside = [t for t in settings.tables if t not in applied]
         if outside:
@@ -395,7 +242,7 @@ def rewrap_scope(settings: Settings, conn: sa.Connection) -> tuple[str | None, l
                 f"revision {revision or 'base'}): those values are in the old scheme, which a "
                 "rewrap does not touch. Migrate them first (alembic upgrade), or leave them out"
             )
-    scope = [t for t in TABLE_NAMES if t in applied and settings.table_selected(t)]
+    scope = [t for t in catalog.tables if t in applied and settings.table_selected(t)]
     stopped = [
         c
         for c in read_checkpoints(conn)
@@ -412,11 +259,13 @@ def rewrap_scope(settings: Settings, conn: sa.Connection) -> tuple[str | None, l
 
 
 def table_spec(table: str) -> TableSpec:
-    """The live table's encrypted columns and companions (a rewrap is no frozen revision)."""
-    return TableSpec(
-        metadata.tables[table],
-        tuple(ColumnSpec(c.name, c.hmac_column) for c in ENCRYPTED_COLUMNS[table]),
-    )
+    """The table's encrypted columns and companions, from its revision's snapshot."""
+    return load_catalog().spec(table)
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------------
 
 
 def rewrap_tables(
@@ -451,8 +300,7 @@ def rewrap_tables(
                 transit_factory=transit_factory,
                 progress_interval=progress_interval,
             )
-            _source, target = schemes(settings, Direction.REWRAP)
-            report.key_version = run.pin_version(transit, target, version).version
+            report.key_version = run.pin_version(transit, new_scheme(settings), version).version
             if not scope:
                 log.warning(
                     "rewrap: no table to rewrap (revision %s applies none of those selected)",
@@ -478,14 +326,14 @@ def _rewrap_one(
     spec = table_spec(table)
     revision = rewrap_revision(table)
     summary = TableSummary(table, revision, Direction.REWRAP.value, settings.dry_run)
-    processor = RewrapRows(settings.old_key)
+    processor = RewrapRows(old_scheme(settings))
     result = RewrapTable(summary)
     results.append(result)  # in the report even when the run stops on this table
     with engine.connect() as conn:
         disable_row_security(conn)
         result.versions_before = scan_table_versions(conn, table, [c.name for c in spec.columns])
         conn.rollback()
-    table_run = _TableRun(
+    table_run = TableRun(
         engine,
         spec,
         revision=revision,
@@ -501,18 +349,14 @@ def _rewrap_one(
         result.notes = processor.notes()
         raise
     result.notes = processor.notes()
-    aborted = bool(summary.rows_failed) and settings.on_error == "abort" and not settings.dry_run
-    summary.status = "dry-run" if settings.dry_run else "aborted" if aborted else "completed"
+    aborted = summary.finish(dry_run=settings.dry_run, on_error=settings.on_error)
     for line in result.lines():
         log.info("%s", line)
     if aborted:
-        shown = "\n".join(
-            f"  {table}.{f['column']} id={f['id']}: {f['reason']}" for f in summary.failures[:20]
-        )
         raise MigrationAborted(
             f"{table}: {summary.rows_failed} row(s) could not be rewrapped (on-error=abort); "
             "committed batches stay, and running the same command again resumes from the "
-            f"checkpoint\n{shown}"
+            f"checkpoint\n{failure_lines(summary)}"
         )
     if not settings.dry_run:
         with engine.begin() as conn:

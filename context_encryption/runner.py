@@ -66,6 +66,7 @@ from context_encryption.alembic_runtime import (
     single_run,
 )
 from context_encryption.catalog import Catalog
+from context_encryption.engine import RunContext, invalidate_checkpoints, read_checkpoints
 from context_encryption.errors import ContextEncryptionError, database_error_message
 from context_encryption.plan import (
     check_checkpoints,
@@ -76,7 +77,6 @@ from context_encryption.plan import (
     verb,
 )
 from context_encryption.preflight import require_database, run_preflight
-from context_encryption.reencrypt import RunContext, invalidate_checkpoints, read_checkpoints
 from context_encryption.report import COMPLETED_WITH_SKIPPED_ROWS, RunReport
 from context_encryption.row_security import disable_row_security
 from context_encryption.settings import Settings, load_settings

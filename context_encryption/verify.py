@@ -45,8 +45,8 @@ import sqlalchemy as sa
 from app_models.specs import TableSpec
 from context_encryption.alembic_runtime import applied_tables, current_revision
 from context_encryption.catalog import load_catalog
+from context_encryption.engine import checkpoint_table
 from context_encryption.errors import ContextEncryptionError
-from context_encryption.reencrypt import checkpoint_table
 from context_encryption.row_security import (
     ROW_SECURITY_FIX,
     disable_row_security,

@@ -14,7 +14,7 @@ from alembic.util import CommandError
 
 from app_models.tables import metadata
 from context_encryption.alembic_runtime import TRANSIT_FACTORY_KEY
-from context_encryption.reencrypt import PROBE_B64
+from context_encryption.engine import PROBE_B64
 from context_encryption.settings import Settings
 from context_encryption.transit import EncryptRequest, ItemResult, TransitClient
 from tests.support.migration_fixtures import Migration

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from context_encryption.catalog import load_catalog
+from context_encryption.engine import Checkpoint
 from context_encryption.errors import ConfigurationError, PreflightError
 from context_encryption.plan import (
     PlannedStep,
@@ -15,7 +16,6 @@ from context_encryption.plan import (
     plan,
     stamped_tables,
 )
-from context_encryption.reencrypt import Checkpoint
 from context_encryption.settings import Settings
 
 CATALOG = load_catalog()

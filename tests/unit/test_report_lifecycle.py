@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 from alembic.util import CommandError
 
+from context_encryption.engine import ColumnCounts, Outcome, TableSummary
 from context_encryption.errors import MigrationAborted
-from context_encryption.reencrypt import ColumnCounts, Outcome, TableSummary
 from context_encryption.report import COMPLETED_WITH_SKIPPED_ROWS, RunReport
 from context_encryption.runner import INTERRUPTED, reported_run
 from context_encryption.settings import Settings
