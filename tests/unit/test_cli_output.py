@@ -15,9 +15,9 @@ from context_encryption.cli_output import (
     rewrap_lines,
     verify_lines,
 )
+from context_encryption.engine import TableSummary
 from context_encryption.preflight import PreflightReport
 from context_encryption.preflight_scope import PreflightScope
-from context_encryption.reencrypt import TableSummary
 from context_encryption.rewrap import RewrapReport, RewrapTable
 from context_encryption.settings import load_settings
 from context_encryption.verify import ColumnResult, TableResult, VerifyReport
