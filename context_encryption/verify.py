@@ -213,6 +213,11 @@ class VerifyReport:
         }
 
 
+# --------------------------------------------------------------------------------------------
+# interrupted migrations
+# --------------------------------------------------------------------------------------------
+
+
 def _in_progress(conn: sa.Connection) -> set[str]:
     """Tables with a checkpoint: a migration of theirs was interrupted (values are mixed)."""
     if not sa.inspect(conn).has_table(checkpoint_table.name):
