@@ -29,9 +29,10 @@ import psycopg
 import sqlalchemy as sa
 from psycopg import sql
 
-from app_models.specs import ColumnSpec, TableSpec
 from app_models.tables import metadata
 from bench.proxy import ProxyProcess
+from context_encryption.catalog import load_catalog
+from context_encryption.engine import checkpoint_table
 from context_encryption.openbao import DevServer, find_binary
 
 OLD_KEY: Final = "pos-encryption-key"
@@ -40,31 +41,20 @@ MOUNT: Final = "transit"
 TABLE: Final = "users"
 PRISTINE: Final = "bench_users_pristine"
 MIGRATED: Final = "bench_users_migrated"
-COLUMNS: Final = ("email", "first_name", "last_name")
+#: The chain as the revisions describe it (their frozen snapshots, alembic.ini's version table).
+CATALOG: Final = load_catalog()
+#: The frozen snapshot of the revision that migrates ``users`` (0001_users), read from it.
+USERS_SPEC: Final = CATALOG.spec(TABLE)
+COLUMNS: Final = tuple(c.name for c in USERS_SPEC.columns)
 #: The revision the engine runs (a) apply; a rewrap starts from it.
-REVISION: Final = "0001_users"
+REVISION: Final = CATALOG.revision_of(TABLE)
+#: Alembic's version table (``version_table`` in alembic.ini).
+VERSION_TABLE: Final = CATALOG.version_table
 #: Items per seeding request, no context: hvac's ``encrypt_data`` body has 2 + 2n JSON strings
 #: and OpenBao's listener refuses more than 1,000 (``max_request_json_strings``).
 SEED_BATCH: Final = 400
 #: Items per checking request, with context: 4 strings an item (2 + 4n under 1,000).
 CHECK_BATCH: Final = 200
-
-#: The same frozen snapshot as migrations/versions/0001_users.py (which is not importable).
-USERS_SPEC: Final = TableSpec(
-    table=sa.table(
-        "users",
-        sa.column("id", sa.Uuid),
-        sa.column("email", sa.Text),
-        sa.column("email_hmac", sa.Text),
-        sa.column("first_name", sa.Text),
-        sa.column("last_name", sa.Text),
-    ),
-    columns=(
-        ColumnSpec("email", hmac="email_hmac"),
-        ColumnSpec("first_name"),
-        ColumnSpec("last_name"),
-    ),
-)
 
 _FIRST = ("Anna", "Bruno", "Chloé", "Dmitri", "Eva", "Farid", "Grace", "Hiroshi", "Inès", "João")
 _LAST = ("Müller", "Smith", "García", "Nakamura", "O'Neil", "Kowalski", "Dubois", "Rossi", "Ng")
@@ -133,8 +123,8 @@ class BenchDb:
         revision 0001_users as that run left the database: what a rewrap starts from.
         """
         with self.engine.begin() as conn:
-            conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version_encryption"))
-            conn.execute(sa.text("DROP TABLE IF EXISTS context_encryption_checkpoint"))
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {checkpoint_table.name}"))
             conn.execute(sa.text("TRUNCATE users"))
             cut = conn.execute(
                 sa.text(f"SELECT id FROM {PRISTINE} ORDER BY id OFFSET :n LIMIT 1"),
@@ -161,13 +151,12 @@ class BenchDb:
                     raise RuntimeError(f"only {n} migrated rows kept; {rows} wanted")
                 conn.execute(
                     sa.text(
-                        "CREATE TABLE alembic_version_encryption (version_num VARCHAR(32) "
-                        "NOT NULL, CONSTRAINT alembic_version_encryption_pkc "
-                        "PRIMARY KEY (version_num))"
+                        f"CREATE TABLE {VERSION_TABLE} (version_num VARCHAR(32) "
+                        f"NOT NULL, CONSTRAINT {VERSION_TABLE}_pkc PRIMARY KEY (version_num))"
                     )
                 )
                 conn.execute(
-                    sa.text("INSERT INTO alembic_version_encryption VALUES (:rev)"),
+                    sa.text(f"INSERT INTO {VERSION_TABLE} VALUES (:rev)"),
                     {"rev": REVISION},
                 )
         self.vacuum(TABLE)

@@ -480,6 +480,95 @@ def memory_points(b: Bench, args: argparse.Namespace) -> list[Point]:
     return pts
 
 
+def _memory_results(b: Bench, args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """The --memory run: the engine on each row count, and the spread of its peak memory."""
+    pts = memory_points(b, args)
+    result["memory"] = [p.as_dict() for p in pts]
+    rss = [p.peak_rss_mb or 0.0 for p in pts]
+    result["ratios"] = {"memory_difference_mb": round(max(rss) - min(rss), 1)}
+    print()
+    print(table(pts, "Peak resident memory of the migrating process"))
+
+
+def _sweep_best(sweep: Sequence[Point], latencies: Sequence[float]) -> dict[str, Any]:
+    """The best sweep point at each latency."""
+    best_at: dict[str, Any] = {}
+    for lat in latencies:
+        at = [p for p in sweep if p.latency_ms == lat]
+        if at:
+            best = max(at, key=lambda p: p.rows_per_s)
+            best_at[f"sweep_best_at_{lat:g}ms"] = {
+                "batch_size": best.batch_size,
+                "workers": best.workers,
+                "rows_per_s": round(best.rows_per_s, 1),
+            }
+    return best_at
+
+
+def _main_results(b: Bench, args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """The default run: the main points and their ratios, then the sweep unless --no-sweep."""
+    main = main_points(b, args)
+    result["main"] = [p.as_dict() for p in main]
+    r = ratios(main, args.latencies)
+    a_pts = [p for p in main if p.kind == "engine"]
+    r["peak_rss_mb_engine"] = max(p.peak_rss_mb or 0.0 for p in a_pts)
+    sweep: list[Point] = []
+    if not args.no_sweep:
+        sweep = sweep_points(b, args)
+        result["sweep"] = [p.as_dict() for p in sweep]
+        r.update(_sweep_best(sweep, args.sweep_latencies))
+    result["ratios"] = r
+    print()
+    print(table(main, f"Main points ({args.rows} rows; (b) on a subset)"))
+    if sweep:
+        print()
+        print(table(sweep, f"Sweep ({min(args.sweep_rows, args.rows)} rows)"))
+        print()
+        print(sweep_table(sweep))
+
+
+def _profile_results(b: Bench, args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """--profile: one engine run under py-spy, and the top functions of each profile."""
+    _step(f"profiling one engine run with py-spy into {args.profile}")
+    n = min(args.rows, max(args.memory_rows)) if args.memory else args.rows
+    files = profile_run(
+        b,
+        rows=n,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        latency_ms=0,
+        out=args.profile,
+        vault_batch_items=args.vault_batch_items,
+    )
+    result["profile"] = {}
+    for name, path in files.items():
+        top = summarize_profile(Path(path))
+        result["profile"][name] = [
+            {"function": f, "self_pct": round(s, 1), "inclusive_pct": round(i, 1)}
+            for f, s, i in top
+        ]
+
+
+def _measure(b: Bench, args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """Seed, then the measurements the options ask for, into ``result``."""
+    if args.memory:
+        seed_rows = max(args.memory_rows)
+        distinct: int | None = 5_000
+    else:
+        seed_rows = max(args.rows, args.baseline_rows)
+        distinct = None
+    _step(f"seeding {seed_rows} old-scheme rows (not measured)")
+    secs = seed(b.db, b.vault, seed_rows, b.hmac_secret, distinct)
+    _step(f"  seeded in {secs:.1f}s")
+    result["seed_seconds"] = round(secs, 1)
+    if args.memory:
+        _memory_results(b, args, result)
+    else:
+        _main_results(b, args, result)
+    if args.profile:
+        _profile_results(b, args, result)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     result: dict[str, Any] = {
@@ -501,72 +590,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         db = BenchDb.create(admin)
         try:
             vault = Vault.setup(server, proxy)
-            b = Bench(db, vault, "hmac-" + secrets.token_hex(16), workdir)
-            if args.memory:
-                seed_rows = max(args.memory_rows)
-                distinct: int | None = 5_000
-            else:
-                seed_rows = max(args.rows, args.baseline_rows)
-                distinct = None
-            r: dict[str, Any]
-            _step(f"seeding {seed_rows} old-scheme rows (not measured)")
-            secs = seed(db, vault, seed_rows, b.hmac_secret, distinct)
-            _step(f"  seeded in {secs:.1f}s")
-            result["seed_seconds"] = round(secs, 1)
-            if args.memory:
-                pts = memory_points(b, args)
-                result["memory"] = [p.as_dict() for p in pts]
-                rss = [p.peak_rss_mb or 0.0 for p in pts]
-                r = {"memory_difference_mb": round(max(rss) - min(rss), 1)}
-                result["ratios"] = r
-                print()
-                print(table(pts, "Peak resident memory of the migrating process"))
-            else:
-                main = main_points(b, args)
-                result["main"] = [p.as_dict() for p in main]
-                r = ratios(main, args.latencies)
-                a_pts = [p for p in main if p.kind == "engine"]
-                r["peak_rss_mb_engine"] = max(p.peak_rss_mb or 0.0 for p in a_pts)
-                sweep: list[Point] = []
-                if not args.no_sweep:
-                    sweep = sweep_points(b, args)
-                    result["sweep"] = [p.as_dict() for p in sweep]
-                    for lat in args.sweep_latencies:
-                        at = [p for p in sweep if p.latency_ms == lat]
-                        if at:
-                            best = max(at, key=lambda p: p.rows_per_s)
-                            r[f"sweep_best_at_{lat:g}ms"] = {
-                                "batch_size": best.batch_size,
-                                "workers": best.workers,
-                                "rows_per_s": round(best.rows_per_s, 1),
-                            }
-                result["ratios"] = r
-                print()
-                print(table(main, f"Main points ({args.rows} rows; (b) on a subset)"))
-                if sweep:
-                    print()
-                    print(table(sweep, f"Sweep ({min(args.sweep_rows, args.rows)} rows)"))
-                    print()
-                    print(sweep_table(sweep))
-            if args.profile:
-                _step(f"profiling one engine run with py-spy into {args.profile}")
-                n = min(args.rows, max(args.memory_rows)) if args.memory else args.rows
-                files = profile_run(
-                    b,
-                    rows=n,
-                    batch_size=args.batch_size,
-                    workers=args.workers,
-                    latency_ms=0,
-                    out=args.profile,
-                    vault_batch_items=args.vault_batch_items,
-                )
-                result["profile"] = {}
-                for name, path in files.items():
-                    top = summarize_profile(Path(path))
-                    result["profile"][name] = [
-                        {"function": f, "self_pct": round(s, 1), "inclusive_pct": round(i, 1)}
-                        for f, s, i in top
-                    ]
+            _measure(Bench(db, vault, "hmac-" + secrets.token_hex(16), workdir), args, result)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
             if args.keep_db:

@@ -226,15 +226,23 @@ class Checkpointer:
         with self._lock:
             self._last_pk[seq] = str(last_pk)
 
-    def advance_in(self, conn: sa.Connection, seq: int) -> None:
-        """Write, in the batch's own transaction, the furthest prefix this batch completes."""
+    def completes(self, seq: int) -> tuple[int, str] | None:
+        """The furthest prefix batch ``seq`` completes once committed: (its last batch, the last
+        primary key of that batch), or None when an earlier batch is not committed yet."""
         with self._lock:
             end = self._contiguous
             while end + 1 == seq or (end + 1) in self._done:
                 end += 1
             if end <= self._contiguous:
-                return
-            last_pk = self._last_pk[end]
+                return None
+            return end, self._last_pk[end]
+
+    def advance_in(self, conn: sa.Connection, seq: int) -> None:
+        """Write, in the batch's own transaction, the furthest prefix this batch completes."""
+        prefix = self.completes(seq)
+        if prefix is None:
+            return
+        end, last_pk = prefix
         c = checkpoint_table.c
         conn.execute(
             sa.update(checkpoint_table)
