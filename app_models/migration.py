@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 def run_revision(spec: TableSpec, revision: str, direction: Direction) -> TableSummary:
     """Migrate the revision's table in ``direction`` on the revision's own connection."""
-    from context_encryption.migration import current_runtime  # noqa: PLC0415
+    from context_encryption.alembic_runtime import current_runtime  # noqa: PLC0415
     from context_encryption.reencrypt import migrate_table  # noqa: PLC0415
 
     return migrate_table(op.get_bind(), spec, revision, direction, current_runtime())
