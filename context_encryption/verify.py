@@ -42,10 +42,10 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
-from app_models.specs import TableSpec
+from app_models.specs import Direction, TableSpec
 from context_encryption.alembic_runtime import applied_tables, current_revision
 from context_encryption.catalog import load_catalog
-from context_encryption.engine import checkpoint_table
+from context_encryption.engine import read_checkpoints
 from context_encryption.errors import ContextEncryptionError
 from context_encryption.row_security import (
     ROW_SECURITY_FIX,
@@ -220,13 +220,9 @@ class VerifyReport:
 
 def _in_progress(conn: sa.Connection) -> set[str]:
     """Tables with a checkpoint: a migration of theirs was interrupted (values are mixed)."""
-    if not sa.inspect(conn).has_table(checkpoint_table.name):
-        return set()
     disable_row_security(conn)
-    c = checkpoint_table.c
     # a stopped rewrap is no migration: its values are all new-scheme (see the versions check)
-    stmt = sa.select(c.table_name).where(c.direction != "rewrap")
-    return {str(r[0]) for r in conn.execute(stmt)}
+    return {c.table_name for c in read_checkpoints(conn) if c.direction != Direction.REWRAP.value}
 
 
 # --------------------------------------------------------------------------------------------
