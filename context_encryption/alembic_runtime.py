@@ -8,9 +8,8 @@ What lives here:
   and :func:`ensure_version_table`: the only uses of Alembic internals in the project. Each
   names the Alembic version it was checked against; pyproject.toml pins alembic below the next
   minor release, so a new Alembic is adopted on purpose, after these are checked again;
-* the version stamp as other commands read it (:func:`current_heads`,
-  :func:`current_revision`, :func:`applied_tables`), through Alembic's public
-  :meth:`MigrationContext.get_current_heads`, with the version table named in alembic.ini
+* the version stamp as the other commands read it (:func:`current_heads`,
+  :func:`current_revision`, :func:`applied_tables`), from the version table alembic.ini names
   (:func:`context_encryption.catalog.load_catalog`);
 * the run lock (:func:`single_run`): one live run per database.
 """
@@ -106,11 +105,16 @@ def ensure_version_table(mc: MigrationContext) -> None:
 def current_heads(conn: sa.Connection, version_table: str | None = None) -> tuple[str, ...]:
     """Every revision stamped in the version table (empty: base, or no version table yet).
 
-    ``version_table`` defaults to the one alembic.ini names (:func:`load_catalog`).
+    ``version_table`` defaults to the one alembic.ini names (:func:`load_catalog`). The table is
+    read with SQLAlchemy, as Alembic reads it: ``MigrationContext.configure(...)`` would log
+    "Context impl ..." at INFO on every call, into the output of ``context-encryption verify
+    --verbose`` and the rewrap.
     """
     name = version_table if version_table is not None else load_catalog().version_table
-    mc = MigrationContext.configure(conn, opts={"version_table": name})
-    return mc.get_current_heads()
+    if not sa.inspect(conn).has_table(name):
+        return ()
+    version = sa.table(name, sa.column("version_num", sa.String))
+    return tuple(str(v) for (v,) in conn.execute(sa.select(version.c.version_num)))
 
 
 def current_revision(conn: sa.Connection, catalog: Catalog | None = None) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 
@@ -11,7 +12,7 @@ from alembic import command
 from alembic.util import CommandError
 
 from app_models.tables import metadata
-from context_encryption.alembic_runtime import RUN_LOCK_KEY, current_heads
+from context_encryption.alembic_runtime import RUN_LOCK_KEY, current_heads, current_revision
 from context_encryption.catalog import load_catalog
 from tests.support.migration_fixtures import Migration
 from tests.support.seeding import assert_scheme, sample_rows, seed, snapshot
@@ -157,3 +158,15 @@ def test_the_version_table_is_the_one_alembic_ini_names(migration: Migration) ->
     with migration.engine.connect() as conn:
         assert current_heads(conn, "alembic_version_elsewhere") == ()
     assert_scheme(migration.engine, migration.vault, "users", data, "old", migration.hmac_secret)
+
+
+def test_reading_the_stamp_logs_nothing(
+    migration: Migration, caplog: pytest.LogCaptureFixture
+) -> None:
+    """verify and rewrap read the stamp: no Alembic log line in their --verbose output."""
+    migration.upgrade("0001_users")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="alembic"), migration.engine.connect() as conn:
+        assert current_revision(conn) == "0001_users"
+        assert current_heads(conn) == ("0001_users",)
+    assert [r for r in caplog.records if r.name.startswith("alembic")] == []
