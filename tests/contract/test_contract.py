@@ -22,8 +22,10 @@ import base64
 import contextlib
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import hvac
@@ -32,7 +34,9 @@ import pytest
 import requests
 
 from app_models.tables import context_string
-from context_encryption.settings import DEFAULT_VAULT_BATCH_ITEMS
+from context_encryption.errors import VaultUnavailableError
+from context_encryption.openbao import free_port
+from context_encryption.settings import DEFAULT_VAULT_BATCH_ITEMS, Secret, Settings
 from context_encryption.transit import (
     DecryptRequest,
     EncryptRequest,
@@ -754,3 +758,49 @@ def test_vault_refuses_more_than_10000_items_with_500(
         )
     assert "exceeds allowed" in str(exc.value)
     assert is_too_large(str(exc.value))  # the tool halves such a request, never retries it
+
+
+# --------------------------------------------------------------------------------------------
+# sys/health (the preflight's first question), asked without retries
+# --------------------------------------------------------------------------------------------
+
+
+def test_health_of_the_server_through_the_transit_client(
+    vault_server: VaultServer, vault_client: Any, transit_mount: str
+) -> None:
+    """health() asks with the trust settings of the client's own session (public hvac API), for
+    a client made from the settings and for one made from a plain hvac.Client alike."""
+    settings = Settings(vault_addr=vault_server.addr, vault_token=Secret(vault_server.token))
+    made = TransitClient.from_settings(settings)
+    try:
+        assert made.hvac_client.session.verify is True  # what health() passes on
+        for transit in (made, TransitClient(vault_client, transit_mount)):
+            status, body = transit.health()
+            assert status == 200
+            assert body["initialized"] is True
+            assert body["sealed"] is False
+            assert transit.requests == 1
+    finally:
+        made.close()
+
+
+def test_health_of_an_address_where_nothing_listens_fails_at_once_without_retries() -> None:
+    addr = f"http://127.0.0.1:{free_port()}"
+    transit = TransitClient.from_settings(Settings(vault_addr=addr, vault_token=Secret("t")))
+    started = time.monotonic()
+    with pytest.raises(VaultUnavailableError) as err:
+        transit.health(timeout=5)
+    assert time.monotonic() - started < 5  # the run's retry budget is about a minute
+    assert str(err.value) == f"cannot reach Vault at {addr} (ConnectionError)"
+    transit.close()
+
+
+def test_a_ca_bundle_of_the_settings_is_what_the_session_and_health_trust(tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("")
+    settings = Settings(
+        vault_addr="https://127.0.0.1:1", vault_token=Secret("t"), vault_cacert=str(bundle)
+    )
+    transit = TransitClient.from_settings(settings)
+    assert transit.hvac_client.session.verify == str(bundle)
+    transit.close()

@@ -12,10 +12,12 @@ import logging
 from collections.abc import Mapping
 
 import pytest
+import requests.adapters
 import urllib3.exceptions
 from urllib3.response import HTTPResponse
 
 from context_encryption.transit import RETRY_STATUSES, LoggingRetry, RequestTooLarge, build_retry
+from context_encryption.transit.retry import retrying_session
 from context_encryption.vault_texts import TOO_LARGE_TEXTS
 
 URL = "/v1/transit/decrypt/pos-encryption-key"
@@ -123,3 +125,27 @@ def test_backoff_grows_and_is_capped() -> None:
         waits.append(retry.get_backoff_time())
     assert waits[-1] <= 4.0 + 1.0  # the cap, plus at most the jitter
     assert max(waits) >= 2.0
+
+
+def test_the_session_carries_the_policy_on_http_and_https() -> None:
+    session = retrying_session(None, verify="/etc/ca.pem", pool_size=6)
+    try:
+        assert session.verify == "/etc/ca.pem"
+        for prefix in ("http://", "https://"):
+            adapter = session.get_adapter(f"{prefix}vault:8200/v1/sys/health")
+            assert isinstance(adapter, requests.adapters.HTTPAdapter)
+            assert isinstance(adapter.max_retries, LoggingRetry)
+            assert adapter.max_retries.total == 8
+    finally:
+        session.close()
+
+
+def test_a_given_retry_is_the_one_mounted() -> None:
+    retry = build_retry(total=2)
+    session = retrying_session(retry, verify=True, pool_size=4)
+    try:
+        adapter = session.get_adapter("https://vault:8200")
+        assert isinstance(adapter, requests.adapters.HTTPAdapter)
+        assert adapter.max_retries is retry
+    finally:
+        session.close()
