@@ -72,6 +72,15 @@ class Progress:
             self._task = self._bar.add_task(self.label, total=self.total, rate="-")
         return self
 
+    def hold(self, text: str | None) -> None:
+        """Show on the bar what the run holds for (the throttle); ``None``: it goes on.
+
+        Without a terminal the throttle's own log lines say it (with the figure and threshold).
+        """
+        if self._bar is not None:
+            label = self.label if text is None else f"{self.label} [{text}]"
+            self._bar.update(self._task, description=label)
+
     def update(self, rows: int) -> None:
         now = time.monotonic()
         rate = rows / max(now - self.started, 1e-9)

@@ -46,6 +46,12 @@ from context_encryption.setting_values import (
     parse_vault_addr,
     safe_url,
 )
+from context_encryption.throttle_config import (
+    THROTTLE_OPTIONS,
+    THROTTLE_X_NAMES,
+    ThrottleConfig,
+    parse_throttle_options,
+)
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -114,6 +120,8 @@ class Settings:
     workers: int = DEFAULT_WORKERS
     lock_timeout_ms: int = 5_000
     statement_timeout_ms: int = 120_000
+    #: the throttle's -x options (context_encryption.throttle_config)
+    throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
 
     def table_selected(self, table: str) -> bool:
         return self.tables is None or table in self.tables
@@ -129,6 +137,8 @@ class Settings:
                 value = safe_url(value)
             elif isinstance(value, tuple):
                 value = list(value)
+            elif isinstance(value, ThrottleConfig):
+                value = value.public_dict()
             out[f.name] = value
         return out
 
@@ -344,11 +354,12 @@ def load_settings(
 
     Raises :class:`ConfigurationError` for an unknown name or a value that does not parse.
     """
-    unknown = sorted(set(x_args) - set(OPTION_BY_NAME))
+    unknown = sorted(set(x_args) - set(OPTION_BY_NAME) - THROTTLE_X_NAMES)
     if unknown:
+        known = [o.name for o in OPTIONS] + [o.name for o in THROTTLE_OPTIONS]
         raise ConfigurationError(
             f"unknown {spelling.kind}(s): {', '.join(unknown)}; "
-            f"known: {', '.join(spelling(o.name) for o in OPTIONS)}"
+            f"known: {', '.join(spelling(n) for n in known)}"
         )
 
     kw: dict[str, object] = {}
@@ -379,6 +390,7 @@ def load_settings(
             f"{old} and {new} name the same key; they must differ (the old key has no "
             "context, the new one is derived + convergent)"
         )
+    kw["throttle"] = parse_throttle_options(x_args, label=spelling)
     return Settings(**kw)  # type: ignore[arg-type]
 
 

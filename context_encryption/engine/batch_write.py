@@ -131,7 +131,9 @@ class BatchWriter:
         writes = [r for r in pending if not r.errors and r.new]
         if writes:
             self._check_key(transit, seq)
+        began = time.monotonic()
         written, lost = self._write(conn, seq, writes, clean=not result.errors)
+        result.write_seconds += time.monotonic() - began
         result.rows_written += len(written)
         return lost
 

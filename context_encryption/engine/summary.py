@@ -71,6 +71,9 @@ class BatchResult:
     deleted_concurrently: int = 0
     columns: dict[str, ColumnCounts] = field(default_factory=dict)
     errors: list[RowError] = field(default_factory=list)
+    #: from the batch's start on its worker to its end; its write transactions' share
+    seconds: float = 0.0
+    write_seconds: float = 0.0
 
 
 def count_outcomes(result: BatchResult, rows: Sequence[Row], sign: int = 1) -> None:
@@ -105,6 +108,8 @@ class TableSummary:
     status: str = "running"  # completed, aborted (on-error=abort), stopped (an error), dry-run
     columns: dict[str, ColumnCounts] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)
+    #: the throttle's part (context_encryption.throttle.Throttle.report): holds, batch sizes
+    throttle: dict[str, Any] | None = None
 
     def merge_batch(self, b: BatchResult) -> None:
         self.rows_scanned += b.rows_scanned
@@ -147,6 +152,7 @@ class TableSummary:
             "status": self.status,
             "columns": {k: v.as_dict() for k, v in self.columns.items()},
             "failures": self.failures,
+            "throttle": self.throttle,
         }
 
     def column_lines(self) -> list[str]:

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -50,6 +50,7 @@ from context_encryption.errors import (
 from context_encryption.progress import Progress, estimate_rows
 from context_encryption.row_security import disable_row_security, is_row_security_error
 from context_encryption.schemes import schemes
+from context_encryption.throttle import Throttle
 from context_encryption.transit import TransitClient
 
 log = logging.getLogger("context_encryption")
@@ -192,15 +193,19 @@ class TableRun:
         )
         return pk_from_text(resumed.last_pk, self.sql.pk)
 
-    def _read_batches(self, last_pk: Any) -> Generator[list[Row], None, None]:
-        """Keyset paging on one connection, each page in its own short transaction."""
+    def _read_batches(
+        self, last_pk: Any, throttle: Throttle, drain: Callable[[], None]
+    ) -> Generator[list[Row], None, None]:
+        """Keyset paging on one connection, each page in its own short transaction; before
+        each page the throttle may hold (after ``drain``: no batch in flight, no transaction)."""
         with self.engine.connect() as conn:
             while True:
+                throttle.before_batch(drain)
+                if self.stop.is_set():
+                    return
                 with conn.begin():
                     self.sql.set_timeouts(conn, self.settings)
-                    result = conn.execute(
-                        self.sql.select_after(last_pk, self.settings.batch_size)
-                    ).all()
+                    result = conn.execute(self.sql.select_after(last_pk, throttle.batch_size)).all()
                 if not result:
                     return
                 rows = self.sql.to_rows(result)
@@ -225,7 +230,21 @@ class TableRun:
             self.stop,
         )
         with Progress(label, total, interval=self.run.progress_interval) as progress:
-            error = self._pool(last_pk, writer, progress)
+            throttle = Throttle(
+                self.settings.throttle,
+                self.engine,
+                self.spec.name,
+                progress,
+                stop=self.stop,
+                batch_size=self.settings.batch_size,
+                dry_run=self.settings.dry_run,
+            )
+            try:
+                throttle.start()
+                error = self._pool(last_pk, writer, progress, throttle)
+            finally:
+                self.summary.throttle = throttle.report()
+                throttle.close()
         if error is None:
             return
         if isinstance(error, ContextEncryptionError):
@@ -234,7 +253,9 @@ class TableRun:
             raise ContextEncryptionError(database_message(error, self.spec.name)) from None
         raise error
 
-    def _collect(self, done: set[Future[BatchResult]], progress: Progress) -> BaseException | None:
+    def _collect(
+        self, done: set[Future[BatchResult]], progress: Progress, throttle: Throttle
+    ) -> BaseException | None:
         """Merge finished batches into the summary; the first error of them, if any."""
         error: BaseException | None = None
         for fut in done:
@@ -244,17 +265,31 @@ class TableRun:
                 self.stop.set()
                 continue
             b = fut.result()
+            throttle.after_batch(
+                b.rows_scanned, b.seconds, transaction_seconds=b.write_seconds or None
+            )
             self.summary.merge_batch(b)
             progress.update(self.summary.rows_scanned)
             if b.errors and self.settings.on_error == "abort" and not self.settings.dry_run:
                 self.stop.set()  # a dry run previews the whole table
         return error
 
-    def _pool(self, last_pk: Any, writer: BatchWriter, progress: Progress) -> BaseException | None:
+    def _pool(
+        self, last_pk: Any, writer: BatchWriter, progress: Progress, throttle: Throttle
+    ) -> BaseException | None:
         """Read and hand out batches, at most ``n_workers`` in flight; the first error, if any."""
         in_flight: set[Future[BatchResult]] = set()
         error: BaseException | None = None
-        reader = self._read_batches(last_pk)
+
+        def drain() -> None:
+            """Before a hold: the batches in flight commit (or fail) and release their rows."""
+            nonlocal in_flight, error
+            if in_flight:
+                done, _ = wait(in_flight)
+                in_flight = set()
+                error = error or self._collect(set(done), progress, throttle)
+
+        reader = self._read_batches(last_pk, throttle, drain)
         with ThreadPoolExecutor(self.n_workers, thread_name_prefix="reencrypt") as pool:
             try:
                 with contextlib.closing(reader):
@@ -262,11 +297,11 @@ class TableRun:
                         if self.stop.is_set():
                             break
                         self.checkpointer.register(seq, rows[-1].pk)
-                        in_flight.add(pool.submit(writer.process, seq, rows))
+                        in_flight.add(pool.submit(_timed, writer, seq, rows))
                         if len(in_flight) > self.n_workers:
                             done, pending = wait(in_flight, return_when=FIRST_COMPLETED)
                             in_flight = set(pending)
-                            failed = self._collect(set(done), progress)
+                            failed = self._collect(set(done), progress, throttle)
                             error = error or failed
             except sa.exc.DBAPIError as exc:  # the reader's connection
                 self.stop.set()
@@ -277,6 +312,14 @@ class TableRun:
             finally:
                 if in_flight:
                     done, _ = wait(in_flight)
-                    failed = self._collect(set(done), progress)
+                    failed = self._collect(set(done), progress, throttle)
                     error = error or failed
         return error
+
+
+def _timed(writer: BatchWriter, seq: int, rows: list[Row]) -> BatchResult:
+    """A batch on its worker, with its time (the throttle sizes the next batches from it)."""
+    started = time.monotonic()
+    result = writer.process(seq, rows)
+    result.seconds = time.monotonic() - started
+    return result

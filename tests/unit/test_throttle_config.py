@@ -7,7 +7,7 @@ import json
 import pytest
 
 from context_encryption.errors import ConfigurationError
-from context_encryption.settings import OPTION_BY_NAME
+from context_encryption.settings import FLAG_SPELLING, OPTION_BY_NAME, load_settings
 from context_encryption.throttle_config import (
     DEFAULT_PAUSE_TABLE,
     THROTTLE_X_NAMES,
@@ -141,3 +141,17 @@ def test_help_lines() -> None:
 
 def test_public_dict_is_json_able() -> None:
     assert json.loads(json.dumps(ThrottleConfig().public_dict()))["hold_timeout_s"] == 1800.0
+
+
+def test_the_settings_loader_takes_the_throttle_options() -> None:
+    s = load_settings({"hold-timeout": "5min", "batch-target": "2s", "batch-size": "200"}, {})
+    assert s.throttle == ThrottleConfig(hold_timeout_s=300.0, batch_target_s=2.0)
+    assert s.batch_size == 200  # the first size of the target mode
+    assert json.loads(json.dumps(s.public_dict()))["throttle"]["batch_target_s"] == 2.0
+    assert load_settings({}, {}).throttle == ThrottleConfig()
+    with pytest.raises(ConfigurationError, match=r"^--hold-timeout='x' is not a duration"):
+        load_settings({"hold-timeout": "x"}, {}, spelling=FLAG_SPELLING)
+    with pytest.raises(ConfigurationError) as err:
+        load_settings({"hold-timout": "5min"}, {})
+    assert str(err.value).startswith("unknown -x option(s): hold-timout; known: -x db, ")
+    assert "-x hold-timeout, -x pause-table" in str(err.value)

@@ -1,0 +1,191 @@
+"""The throttle in a real ``alembic upgrade``, on the primary of a real streaming replica.
+
+The run's database lives on the primary of ``tests/support/replica.py``'s pair. The fault
+proxy in front of Vault freezes the run mid-table (``step_until``) while the test pauses the
+standby's replay: after the proxy lets go, the run must hold before its next batch, go on after
+``pg_wal_replay_resume()``, and end with every value right and the hold in its report.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tests.support.fault_proxy import FaultProxy
+from tests.support.migration_fixtures import Migration
+from tests.support.reliability_helpers import (
+    committed_batches,
+    step_until,
+    table_summary,
+    watching,
+)
+from tests.support.replica import ReplicaDb
+from tests.support.seeding import assert_scheme, sample_rows, seed
+
+BOUND_S = 120.0
+
+
+@pytest.fixture
+def database_url(replica_db: ReplicaDb) -> sa.URL:
+    """The test's database is on the replica pair's primary (overrides db_fixtures')."""
+    return replica_db.url
+
+
+def until(what: str, cond: Callable[[], bool], bound: float = BOUND_S) -> None:
+    deadline = time.monotonic() + bound
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {bound}s: {what}")
+        time.sleep(0.02)
+
+
+class Run:
+    """``alembic upgrade`` in-process on a thread (its log lines reach ``caplog``)."""
+
+    def __init__(self, m: Migration, rev: str, **x: object) -> None:
+        self.report: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(m, rev, x), daemon=True)
+        self.thread.start()
+
+    def _run(self, m: Migration, rev: str, x: dict[str, object]) -> None:
+        try:
+            self.report = m.upgrade(rev, **x)
+        except BaseException as exc:
+            self.error = exc
+
+    def alive(self) -> bool:
+        alive = self.thread.is_alive()
+        if not alive and self.error is not None:
+            raise AssertionError(f"the run failed: {self.error!r}")
+        return alive
+
+    def join(self) -> dict[str, Any]:
+        self.thread.join(BOUND_S)
+        assert not self.thread.is_alive(), "the run did not finish"
+        if self.error is not None:
+            raise self.error
+        assert self.report is not None
+        return self.report
+
+
+def holding(caplog: pytest.LogCaptureFixture, table: str) -> bool:
+    return any(
+        r.getMessage().startswith(f"{table}: holding: standby ") for r in list(caplog.records)
+    )
+
+
+def write_wal(replica_db: ReplicaDb) -> None:
+    with replica_db.pair.primary() as conn:
+        conn.execute(
+            "CREATE TABLE filler AS "
+            "SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 16000) g"
+        )
+
+
+def test_replay_paused_mid_run_holds_within_one_batch_and_resume_finishes_it(
+    migration: Migration,
+    vault_faults: FaultProxy,
+    replica_db: ReplicaDb,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    m = migration
+    caplog.set_level(logging.INFO, logger="context_encryption")
+    data = seed(m.engine, m.vault, "users", sample_rows("users", 1000), m.hmac_secret)
+    vault_faults.hold(f"{m.vault.mount}/")
+    run = Run(
+        m,
+        "0001_users",
+        batch_size=50,
+        workers=1,
+        max_replica_lag_bytes="1MB",
+        max_replica_lag="0",
+    )
+    with watching(m.engine) as watch:
+        step_until(vault_faults, lambda: committed_batches(watch, "0001_users") >= 2, run.alive)
+        # the run is frozen at the proxy, mid-table: the standby stops replaying, WAL piles up
+        replica_db.pair.pause_replay()
+        write_wal(replica_db)
+        before = committed_batches(watch, "0001_users")
+        vault_faults.release()
+        until("the run holds", lambda: holding(caplog, "users"))
+        at_hold = committed_batches(watch, "0001_users")
+        # the batch in flight and the one read ahead (workers=1) finish; no other starts
+        assert before <= at_hold <= before + 2, (before, at_hold)
+        assert run.alive()
+        replica_db.pair.resume_replay()
+        report = run.join()
+
+    summary = table_summary(report, "users")
+    assert summary["rows_scanned"] == summary["rows_written"] == len(data)
+    (hold,) = summary["throttle"]["holds"]
+    assert (hold["outcome"], hold["reasons"]) == ("resumed", ["replica-lag-bytes"])
+    assert hold["worst"][0]["limit"] == 1024**2
+    assert summary["throttle"]["checks_off"] == []
+    assert m.current() == "0001_users"
+    assert_scheme(m.engine, m.vault, "users", data, "new", m.hmac_secret)
+
+
+def test_a_pause_row_holds_a_live_run_and_its_delete_resumes_it(
+    migration: Migration,
+    vault_faults: FaultProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    m = migration
+    caplog.set_level(logging.INFO, logger="context_encryption")
+    data = seed(m.engine, m.vault, "users", sample_rows("users", 400), m.hmac_secret)
+    vault_faults.hold(f"{m.vault.mount}/")
+    run = Run(m, "0001_users", batch_size=50, workers=2)
+    with watching(m.engine) as watch:
+        step_until(vault_faults, lambda: committed_batches(watch, "0001_users") >= 1, run.alive)
+        watch.execute(
+            sa.text(
+                "INSERT INTO context_encryption_pause (scope, reason) VALUES ('*', 'test pause')"
+            )
+        )
+        vault_faults.release()
+        until(
+            "the run holds",
+            lambda: any(
+                r.getMessage().startswith("users: holding: paused from outside")
+                for r in list(caplog.records)
+            ),
+        )
+        assert run.alive()
+        watch.execute(sa.text("DELETE FROM context_encryption_pause WHERE scope = '*'"))
+        report = run.join()
+    (hold,) = table_summary(report, "users")["throttle"]["holds"]
+    assert (hold["outcome"], hold["reasons"]) == ("resumed", ["pause"])
+    assert_scheme(m.engine, m.vault, "users", data, "new", m.hmac_secret)
+
+
+def test_unknown_throttle_value_stops_before_any_work(migration: Migration) -> None:
+    with pytest.raises(Exception, match=r"-x hold-timeout='soon' is not a duration"):
+        migration.upgrade("0001_users", hold_timeout="soon")
+    assert migration.current() is None
+
+
+def test_target_mode_moves_the_batch_size_within_bounds(migration: Migration) -> None:
+    m = migration
+    data = seed(m.engine, m.vault, "users", sample_rows("users", 1500), m.hmac_secret)
+    report = m.upgrade(
+        "0001_users",
+        batch_size=20,
+        batch_target="2s",
+        min_batch_size=10,
+        max_batch_size=200,
+        workers=1,
+    )
+    sizing = table_summary(report, "users")["throttle"]["batch_size"]
+    assert sizing["mode"] == "target"
+    assert sizing["first"] == 20
+    assert sizing["largest"] > 20  # every batch took far less than 2 s: it grew
+    assert sizing["largest"] <= 200
+    assert sizing["smallest"] >= 10
+    assert_scheme(m.engine, m.vault, "users", data, "new", m.hmac_secret)
