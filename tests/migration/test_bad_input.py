@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from alembic.util import CommandError
 
-from app_models.tables import ENCRYPTED_COLUMNS, context_string
+from app_models.tables import context_string
 from tests.support.migration_fixtures import Migration
 from tests.support.reliability_helpers import (
     encrypt_raw,
@@ -27,7 +27,15 @@ from tests.support.reliability_helpers import (
     set_values,
     table_summary,
 )
-from tests.support.seeding import assert_scheme, b64, hmac_hex, read_table, sample_rows, seed
+from tests.support.seeding import (
+    assert_scheme,
+    b64,
+    encrypted_columns,
+    hmac_hex,
+    read_table,
+    sample_rows,
+    seed,
+)
 
 OTHER_KEY = "some-other-key"
 
@@ -310,7 +318,7 @@ def test_abort_message_names_table_column_and_key(migration: Migration, case: Ca
 def _assert_good_rows(m: Migration, good: dict[Any, Any], table: str = "invitations") -> None:
     """Rows ``good`` (a subset of the table) are in the new scheme with their plaintexts."""
     stored = read_table(m.engine, table)
-    for col in ENCRYPTED_COLUMNS[table]:
+    for col in encrypted_columns(table):
         pks = [pk for pk in good if good[pk][col.name] is not None]
         cts = [stored[pk][col.name] for pk in pks]
         ctx = context_string(table, col.name)

@@ -33,9 +33,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from app_models.tables import TABLE_NAMES, metadata
+from app_models.tables import metadata
+from context_encryption.catalog import load_catalog
 from tests.support.fault_proxy import FaultProxy
-from tests.support.migration_fixtures import Migration
+from tests.support.migration_fixtures import Migration, assert_all_in, seed_tables
 from tests.support.reliability_helpers import (
     AlembicProcess,
     Bind,
@@ -47,7 +48,6 @@ from tests.support.reliability_helpers import (
     wait_no_backends,
     watching,
 )
-from tests.support.seeding import assert_scheme, sample_rows, seed
 
 SIZES = {
     "users": 1200,
@@ -59,16 +59,9 @@ SIZES = {
     "consent_records": 150,
 }
 BATCH = 50
-REVISIONS = (
-    "0001_users",
-    "0002_invitations",
-    "0003_guest_orders",
-    "0004_delivery_addresses",
-    "0005_notifications",
-    "0006_sessions",
-    "0007_consent_records",
-)
-TABLE_OF = dict(zip(REVISIONS, TABLE_NAMES, strict=True))
+CATALOG = load_catalog()
+REVISIONS = CATALOG.revisions
+TABLE_OF = dict(zip(REVISIONS, CATALOG.tables, strict=True))
 
 
 @dataclass
@@ -239,23 +232,18 @@ def test_sigkill_upgrade_and_downgrade_then_rerun_finishes(
     migration: Migration, vault_faults: FaultProxy
 ) -> None:
     rng = random.Random(5)
-    data = {
-        t: seed(migration.engine, migration.vault, t, sample_rows(t, n), migration.hmac_secret)
-        for t, n in SIZES.items()
-    }
+    data = seed_tables(migration, SIZES)
     up_args = ["-x", f"batch-size={BATCH}", "-x", "workers=2", "upgrade", "head"]
     up_kills = _crash_loop(migration, data, up_args, "upgrade", PLANS, rng, vault_faults)
     assert current_version(migration.engine) == "0007_consent_records"
     assert checkpoints(migration.engine) == []
-    for t in TABLE_NAMES:
-        assert_scheme(migration.engine, migration.vault, t, data[t], "new", migration.hmac_secret)
+    assert_all_in(migration, data, "new")
 
     down_args = ["-x", f"batch-size={BATCH}", "-x", "workers=2", "downgrade", "base"]
     down_kills = _crash_loop(migration, data, down_args, "downgrade", PLANS, rng, vault_faults)
     assert current_version(migration.engine) is None
     assert checkpoints(migration.engine) == []
-    for t in TABLE_NAMES:
-        assert_scheme(migration.engine, migration.vault, t, data[t], "old", migration.hmac_secret)
+    assert_all_in(migration, data, "old")
 
     for name, kills in (("upgrade", up_kills), ("downgrade", down_kills)):
         print(f"\n{name}: {len(kills)} kill points survived:")

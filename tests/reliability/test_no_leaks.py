@@ -29,9 +29,8 @@ import sqlalchemy as sa
 from alembic.util import CommandError
 from psycopg import sql
 
-from app_models.tables import TABLE_NAMES
 from context_encryption import cli
-from tests.support.migration_fixtures import ROOT, Migration
+from tests.support.migration_fixtures import ROOT, Migration, seed_tables
 from tests.support.reliability_helpers import run_alembic, set_values
 from tests.support.seeding import pks_with, read_table, sample_rows, seed
 
@@ -122,7 +121,7 @@ def assert_clean(where: str, text: str, secret_values: dict[str, str]) -> None:
 
 
 def seed_all(m: Migration) -> dict[str, dict[Any, Any]]:
-    return {t: seed(m.engine, m.vault, t, sample_rows(t, 25), m.hmac_secret) for t in TABLE_NAMES}
+    return seed_tables(m, {}, default=25)
 
 
 def test_cli_runs_at_debug_show_no_secret(

@@ -41,9 +41,10 @@ import pytest
 import sqlalchemy as sa
 from psycopg import sql
 
-from app_models.tables import TABLE_NAMES, metadata
+from app_models.tables import metadata
+from context_encryption.catalog import load_catalog
 from tests.support.fault_proxy import FaultProxy
-from tests.support.migration_fixtures import NEW_KEY, ROOT, Migration
+from tests.support.migration_fixtures import NEW_KEY, ROOT, Migration, assert_all_in, seed_tables
 from tests.support.reliability_helpers import (
     checkpoints,
     current_version,
@@ -52,32 +53,19 @@ from tests.support.reliability_helpers import (
     schemes_of,
     wait_no_backends,
 )
-from tests.support.seeding import assert_scheme, hmac_hex, read_table, sample_rows, seed, snapshot
+from tests.support.seeding import assert_scheme, hmac_hex, read_table, snapshot
 
 BATCH = "batch-size=20"
 ONE_WORKER = "workers=1"
 CONTEXT_ENCRYPTION = Path(sys.executable).with_name("context-encryption")
 
 Data = dict[str, dict[Any, dict[str, str | None]]]
+TABLES = load_catalog().tables
 
 
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-
-
-def seed_tables(m: Migration, sizes: dict[str, int]) -> Data:
-    """Old-scheme rows in the tables named (the others stay empty); plaintexts by primary key."""
-    return {
-        t: seed(m.engine, m.vault, t, sample_rows(t, n), m.hmac_secret) if n else {}
-        for t in TABLE_NAMES
-        for n in [sizes.get(t, 0)]
-    }
-
-
-def all_in(m: Migration, data: Data, scheme: str) -> None:
-    for table in TABLE_NAMES:
-        assert_scheme(m.engine, m.vault, table, data[table], scheme, m.hmac_secret)
 
 
 def checkpoint_of(m: Migration, revision: str, direction: str) -> dict[str, Any] | None:
@@ -181,7 +169,7 @@ def test_a_upgrade_refuses_a_table_a_stopped_downgrade_left_half_old(
     )
     vault_faults.clear()
     assert current_version(m.engine) == "0002_invitations"
-    before = snapshot(m.engine, TABLE_NAMES)
+    before = snapshot(m.engine, TABLES)
 
     # the issue's command: it would have stamped head over a half-downgraded invitations
     text = refused(cli(m, "-x", BATCH, "upgrade", "head"))
@@ -195,7 +183,7 @@ def test_a_upgrade_refuses_a_table_a_stopped_downgrade_left_half_old(
     assert "a downgrade stopped after id=" in refused(
         cli(m, "-x", "dry-run=true", "upgrade", "head")
     )
-    assert snapshot(m.engine, TABLE_NAMES) == before
+    assert snapshot(m.engine, TABLES) == before
     assert current_version(m.engine) == "0002_invitations"
 
     if resolution == "finish":
@@ -213,7 +201,7 @@ def test_a_upgrade_refuses_a_table_a_stopped_downgrade_left_half_old(
         assert current_version(m.engine) == "0002_invitations"
     assert checkpoints(m.engine) == []
     ok(cli(m, "-x", BATCH, "upgrade", "head"))
-    all_in(m, data, "new")
+    assert_all_in(m, data, "new")
     assert current_version(m.engine) == "0007_consent_records"
 
 
@@ -230,7 +218,7 @@ def test_b_downgrade_refuses_a_table_a_stopped_upgrade_left_half_new(
     )
     vault_faults.clear()
     assert current_version(m.engine) == "0001_users"
-    before = snapshot(m.engine, TABLE_NAMES)
+    before = snapshot(m.engine, TABLES)
 
     # the issue's command: it would have rolled users back and stamped base over invitations
     text = refused(cli(m, "-x", BATCH, "downgrade", "base"))
@@ -241,7 +229,7 @@ def test_b_downgrade_refuses_a_table_a_stopped_upgrade_left_half_new(
         text
     )
     assert "an upgrade stopped after id=" in refused(cli(m, "downgrade", "-1"))
-    assert snapshot(m.engine, TABLE_NAMES) == before
+    assert snapshot(m.engine, TABLES) == before
     assert current_version(m.engine) == "0001_users"
 
     if resolution == "finish":
@@ -256,7 +244,7 @@ def test_b_downgrade_refuses_a_table_a_stopped_upgrade_left_half_new(
         assert current_version(m.engine) == "0001_users"
     assert checkpoints(m.engine) == []
     ok(cli(m, "-x", BATCH, "downgrade", "base"))
-    all_in(m, data, "old")
+    assert_all_in(m, data, "old")
     assert current_version(m.engine) is None
 
 
@@ -303,7 +291,7 @@ def test_c_a_checkpoint_older_than_the_last_stamp_change_is_not_resumed(
 
     report = m.tmp_path / "c.json"
     p = ok(cli(m, "-x", BATCH, "-x", f"report={report}", "upgrade", "head"))
-    all_in(m, data, "new")
+    assert_all_in(m, data, "new")
     assert current_version(m.engine) == "0007_consent_records"
     assert checkpoints(m.engine) == []
     summary = next(
@@ -414,7 +402,7 @@ def test_rls_hiding_rows_refuses_the_run_and_verify(
     grant_tables(m, limited_role)
     hide_a_third(m)
     env = role_env(m, limited_role)
-    before = snapshot(m.engine, TABLE_NAMES)
+    before = snapshot(m.engine, TABLES)
 
     text = refused(cli(m, "upgrade", "0002_invitations", env=env))
     assert "[row security]" in text
@@ -423,7 +411,7 @@ def test_rls_hiding_rows_refuses_the_run_and_verify(
         "its owner, a superuser, nor BYPASSRLS"
     ) in text
     assert "BYPASSRLS" in text
-    assert snapshot(m.engine, TABLE_NAMES) == before
+    assert snapshot(m.engine, TABLES) == before
     assert current_version(m.engine) == "0001_users"
 
     v = verify_cli(m, "--tables", "invitations", env=env)
@@ -606,7 +594,7 @@ def test_key_replaced_between_the_stop_and_the_resume(
     recreate_key(vault_client, m.vault.mount, NEW_KEY)
     with m.engine.begin() as conn:
         conn.execute(sa.update(inv).where(inv.c.id == bad).values(token_hmac=right))
-    before = snapshot(m.engine, TABLE_NAMES)
+    before = snapshot(m.engine, TABLES)
     text = refused(cli(m, "-x", BATCH, "-x", ONE_WORKER, "upgrade", "0002_invitations"))
     assert (
         f"invitations: an upgrade of 0002_invitations stopped after id={cp['last_pk']}; "
@@ -614,7 +602,7 @@ def test_key_replaced_between_the_stop_and_the_resume(
     ) in text
     assert "no longer has the key material it had when it was pinned" in text
     assert "The values that run wrote were encrypted with the earlier material" in text
-    assert snapshot(m.engine, TABLE_NAMES) == before
+    assert snapshot(m.engine, TABLES) == before
 
     restore_key(vault_client, m.vault.mount, NEW_KEY, backup)
     p = ok(cli(m, "-x", BATCH, "upgrade", "0002_invitations"))
@@ -718,7 +706,7 @@ def test_a_rotation_between_tables_does_not_change_the_pinned_version(
     key = m.vault.client.secrets.transit.read_key(name=NEW_KEY, mount_point=m.vault.mount)
     assert key["data"]["latest_version"] == 2
     assert {t["table"]: t["target_key_version"] for t in report["tables"]} == dict.fromkeys(
-        TABLE_NAMES, 1
+        TABLES, 1
     )
     for table in ("users", "invitations", "sessions"):  # new scheme, original plaintexts
         assert set(map(frozenset, schemes_of(m, table, data[table]).values())) <= {

@@ -30,13 +30,12 @@ import hvac
 import pytest
 from alembic.util import CommandError
 
-from app_models.tables import TABLE_NAMES
 from context_encryption.openbao import DevServer, free_port, start_dev_server
 from context_encryption.preflight import collect_preflight
 from context_encryption.settings import load_settings
 from context_encryption.transit import TransitClient
 from tests.support.fault_proxy import FaultProxy
-from tests.support.migration_fixtures import NEW_KEY, OLD_KEY, Migration
+from tests.support.migration_fixtures import NEW_KEY, OLD_KEY, Migration, assert_all_in, seed_tables
 from tests.support.reliability_helpers import (
     checkpoints,
     committed_batches,
@@ -54,11 +53,7 @@ SIZES = {"users": 400, "invitations": 500, "guest_orders": 150}
 
 
 def seed_all(m: Migration, sizes: dict[str, int] | None = None) -> dict[str, dict[Any, Any]]:
-    sizes = sizes or SIZES
-    return {
-        t: seed(m.engine, m.vault, t, sample_rows(t, sizes.get(t, 30)), m.hmac_secret)
-        for t in TABLE_NAMES
-    }
+    return seed_tables(m, sizes or SIZES, default=30)
 
 
 def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[BaseException]]:
@@ -136,11 +131,9 @@ def test_random_faults_upgrade_and_downgrade_complete(
     vault_faults.clear()
 
     assert m.current() is None
-    for t in TABLE_NAMES:
-        assert_scheme(m.engine, m.vault, t, data[t], "old", m.hmac_secret)
+    assert_all_in(m, data, "old")
     m.upgrade("head")
-    for t in TABLE_NAMES:
-        assert_scheme(m.engine, m.vault, t, data[t], "new", m.hmac_secret)
+    assert_all_in(m, data, "new")
 
     injected = stats["faults_injected"]
     statuses = stats["statuses"]
@@ -210,8 +203,7 @@ def test_outage_longer_than_retry_budget_stops_cleanly_and_resumes(
     assert summary["resumed_after"] == resume_at
     assert summary["rows_scanned"] == sum(1 for pk in data["invitations"] if pk > int(resume_at))
     assert m.current() == "0007_consent_records"
-    for tname in TABLE_NAMES:
-        assert_scheme(m.engine, m.vault, tname, data[tname], "new", m.hmac_secret)
+    assert_all_in(m, data, "new")
 
 
 class PrivateVault:

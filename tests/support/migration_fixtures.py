@@ -7,6 +7,10 @@
   counted); seeding and checks through ``Migration.vault`` still go straight to the server.
 * ``migration`` (function): a fresh database with the seven tables, the keys, an HMAC secret,
   and the environment of a run (``Migration.env``, also set in ``os.environ``).
+
+Helpers: :func:`seed_tables` seeds every table of the chain, :func:`assert_all_in` checks
+every table is in one scheme; :func:`secrets_of` and
+:func:`assert_no_leak` check that no secret or plaintext reached an output.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +31,9 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from context_encryption.catalog import load_catalog
 from tests.support.fault_proxy import FaultProxy
-from tests.support.seeding import Vault
+from tests.support.seeding import Plain, Vault, assert_scheme, sample_rows, seed
 from tests.support.vault_fixtures import VaultServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -169,3 +174,21 @@ def secrets_of(m: Migration, data: dict[str, dict[Any, Any]]) -> list[str]:
 def assert_no_leak(text: str, secrets: list[str]) -> None:
     for s in secrets:
         assert s not in text, "a secret or plaintext appeared in the output"
+
+
+def seed_tables(
+    m: Migration, sizes: Mapping[str, int], default: int = 0
+) -> dict[str, dict[Any, Plain]]:
+    """Old-scheme rows in every table of the chain (``sizes[table]``, else ``default`` rows; a
+    table with none stays empty); plaintexts by table, then primary key (:func:`seed`)."""
+    return {
+        t: seed(m.engine, m.vault, t, sample_rows(t, n), m.hmac_secret) if n else {}
+        for t in load_catalog().tables
+        for n in [sizes.get(t, default)]
+    }
+
+
+def assert_all_in(m: Migration, data: Mapping[str, Mapping[Any, Plain]], scheme: str) -> None:
+    """Every table of the chain is in ``scheme`` with its seeded plaintexts and companions."""
+    for table in load_catalog().tables:
+        assert_scheme(m.engine, m.vault, table, data[table], scheme, m.hmac_secret)

@@ -22,13 +22,13 @@ import hvac.exceptions
 import sqlalchemy as sa
 from alembic import command
 
-from app_models.tables import ENCRYPTED_COLUMNS, context_string, metadata
+from app_models.tables import context_string, metadata
 from context_encryption.alembic_runtime import TRANSIT_FACTORY_KEY
 from context_encryption.settings import Settings
 from context_encryption.transit import TransitClient, build_retry
 from tests.support.fault_proxy import FaultProxy
 from tests.support.migration_fixtures import ROOT, Migration
-from tests.support.seeding import b64, read_table
+from tests.support.seeding import b64, encrypted_columns, read_table
 
 ALEMBIC = Path(sys.executable).with_name("alembic")
 
@@ -311,7 +311,7 @@ def schemes_of(
     stored = read_table(m.engine, table)
     assert set(stored) == set(expected), f"{table}: rows differ"
     out: dict[Any, set[str]] = {pk: set() for pk in stored}
-    for col in ENCRYPTED_COLUMNS[table]:
+    for col in encrypted_columns(table):
         pks = [pk for pk in stored if expected[pk][col.name] is not None]
         for pk in stored:
             if expected[pk][col.name] is None:

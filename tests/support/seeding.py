@@ -18,7 +18,9 @@ from typing import Any
 import hvac.exceptions
 import sqlalchemy as sa
 
-from app_models.tables import ENCRYPTED_COLUMNS, context_string, metadata
+from app_models.specs import ColumnSpec
+from app_models.tables import context_string, metadata
+from context_encryption.catalog import load_catalog
 
 Plain = dict[str, str | None]  # encrypted column -> plaintext (None: NULL)
 
@@ -38,6 +40,11 @@ SPECIAL_VALUES: tuple[str | None, ...] = (
 )
 
 
+def encrypted_columns(table: str) -> tuple[ColumnSpec, ...]:
+    """The encrypted columns of ``table`` and their companions, from its revision's snapshot."""
+    return load_catalog().spec(table).columns
+
+
 def b64(text: str) -> str:
     return base64.b64encode(text.encode("utf-8")).decode("ascii")
 
@@ -49,7 +56,7 @@ def hmac_hex(secret: str, text: str) -> str:
 def sample_rows(table: str, n: int, salt: str = "") -> list[Plain]:
     """``n`` rows of plaintexts for ``table``: mostly ordinary values, every special value."""
     rows: list[Plain] = []
-    cols = ENCRYPTED_COLUMNS[table]
+    cols = encrypted_columns(table)
     for i in range(n):
         row: Plain = {}
         for j, col in enumerate(cols):
@@ -140,20 +147,19 @@ def seed(
 ) -> dict[Any, Plain]:
     """Insert ``rows`` encrypted in the old scheme; returns plaintexts by primary key."""
     t = metadata.tables[table]
-    cols = ENCRYPTED_COLUMNS[table]
     values: list[dict[str, Any]] = [{} for _ in rows]
-    for col in cols:
+    for col in encrypted_columns(table):
         idx = [i for i, r in enumerate(rows) if r[col.name] is not None]
         texts = [rows[i][col.name] or "" for i in idx]
         cts = vault.encrypt(vault.old_key, texts, [None] * len(texts))
         for i in range(len(rows)):
             values[i][col.name] = None
-            if col.has_hmac:
-                values[i][f"{col.name}_hmac"] = None
+            if col.hmac:
+                values[i][col.hmac] = None
         for i, ct in zip(idx, cts, strict=True):
             values[i][col.name] = ct
-            if col.has_hmac:
-                values[i][f"{col.name}_hmac"] = hmac_hex(hmac_secret, rows[i][col.name] or "")
+            if col.hmac:
+                values[i][col.hmac] = hmac_hex(hmac_secret, rows[i][col.name] or "")
     if isinstance(t.c.id.type, sa.Uuid):
         for v in values:
             v["id"] = uuid.uuid4()
@@ -189,7 +195,7 @@ def assert_scheme(
     assert scheme in ("old", "new")
     stored = read_table(engine, table)
     assert set(stored) == set(expected), f"{table}: rows differ"
-    for col in ENCRYPTED_COLUMNS[table]:
+    for col in encrypted_columns(table):
         pks = [pk for pk in expected if expected[pk][col.name] is not None]
         for pk in expected:
             if expected[pk][col.name] is None:
@@ -207,11 +213,11 @@ def assert_scheme(
                 key, [expected[pk][col.name] or "" for pk in pks], [ctx] * len(pks)
             )
             assert fresh == cts, f"{table}.{col.name}: not deterministic"
-        if col.has_hmac and hmac_secret is not None:
+        if col.hmac and hmac_secret is not None:
             for pk in expected:
                 text = expected[pk][col.name]
                 want = None if text is None else hmac_hex(hmac_secret, text)
-                assert stored[pk][f"{col.name}_hmac"] == want, f"{table}.{col.name}_hmac changed"
+                assert stored[pk][col.hmac] == want, f"{table}.{col.hmac} changed"
 
 
 def snapshot(engine: sa.Engine, tables: Iterable[str]) -> dict[str, dict[Any, dict[str, Any]]]:
