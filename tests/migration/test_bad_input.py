@@ -227,6 +227,28 @@ def setup_cases(m: Migration) -> tuple[dict[Any, Any], dict[str, Any]]:
     return data, case_pk
 
 
+def check_each_case(
+    case_pk: dict[str, Any],
+    reasons: dict[tuple[str, str], str],
+    before: dict[Any, dict[str, Any]],
+    after: dict[Any, dict[str, Any]],
+) -> list[str]:
+    """Each failing case is reported with its reason and left unchanged; no other case failed.
+    Returns a line per case, for the test's output."""
+    lines = []
+    for case in CASES:
+        pk = case_pk[case.name]
+        got = reasons.get((str(pk), case.column))
+        lines.append(f"  {case.name:28s} id={pk}: {case.outcome}: {got or '-'}")
+        if case.outcome == "failed":
+            assert got is not None, f"{case.name}: not reported as failed"
+            assert any(r in got for r in case.reason), f"{case.name}: reason {got!r}"
+            assert after[pk] == before[pk], f"{case.name}: a failing row was changed"
+        else:
+            assert got is None, f"{case.name}: unexpectedly failed: {got}"
+    return lines
+
+
 def test_every_bad_input_has_a_defined_outcome(migration: Migration) -> None:
     m = migration
     data, case_pk = setup_cases(m)
@@ -251,17 +273,7 @@ def test_every_bad_input_has_a_defined_outcome(migration: Migration) -> None:
     summary = table_summary(report, "invitations")
     reasons = {(f["id"], f["column"]): f["reason"] for f in summary["failures"]}
     after = read_table(m.engine, "invitations")
-    lines = []
-    for case in CASES:
-        pk = case_pk[case.name]
-        got = reasons.get((str(pk), case.column))
-        lines.append(f"  {case.name:28s} id={pk}: {case.outcome}: {got or '-'}")
-        if case.outcome == "failed":
-            assert got is not None, f"{case.name}: not reported as failed"
-            assert any(r in got for r in case.reason), f"{case.name}: reason {got!r}"
-            assert after[pk] == before[pk], f"{case.name}: a failing row was changed"
-        else:
-            assert got is None, f"{case.name}: unexpectedly failed: {got}"
+    lines = check_each_case(case_pk, reasons, before, after)
     print("\nbad inputs tried:\n" + "\n".join(lines))
     assert {(f["id"], f["column"]) for f in summary["failures"]} == {
         (str(case_pk[c.name]), c.column) for c in failing

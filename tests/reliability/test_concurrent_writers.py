@@ -29,208 +29,141 @@ Afterwards:
 from __future__ import annotations
 
 import json
-import random
-import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
-from app_models.tables import metadata
+from tests.support.app_writers import COLUMNS, App, Log, Pool, Written, force_changes, make_pool
 from tests.support.fault_proxy import FaultProxy
 from tests.support.migration_fixtures import Migration
-from tests.support.reliability_helpers import checkpoints, popen_alembic, table_summary, watching
+from tests.support.reliability_helpers import (
+    AlembicProcess,
+    checkpoints,
+    popen_alembic,
+    table_summary,
+    watching,
+)
 from tests.support.seeding import hmac_hex, read_table, sample_rows, seed
 
-invitations = metadata.tables["invitations"]
-COLUMNS = ("email", "token")
-WRITER_APP = "reliability-writer"
-LOCK_TIMEOUT_MS = 1000
 #: application operations for each Vault request of the migration
 PACE = 1
 
 
-@dataclass
-class Pool:
-    """Pre-encrypted values, so writers never wait for Vault."""
-
-    plains: list[str]
-    old: dict[str, list[str]]  # column -> ciphertexts (old scheme), same order as plains
-    new: dict[str, list[str]]  # column -> ciphertexts (new scheme)
-
-
-@dataclass
-class Written:
-    plain: str | None
-    scheme: str  # "old", "new" or "null"
-    ciphertext: str | None
+def partition(pks: list[Any]) -> tuple[list[Any], list[list[Any]]]:
+    """The test's reserved rows, and the writers' partitions (the hot one first)."""
+    hot = pks[5::40]  # spread across every part of the table
+    # one row in every 25 (a batch) belongs to the test itself: it changes them while the
+    # migration has batches in flight (see run_paced); no writer touches them
+    reserved = pks[12::25]
+    taken = set(hot) | set(reserved)
+    rest = [pk for pk in pks if pk not in taken]
+    return reserved, [hot, rest[0::3], rest[1::3], rest[2::3]]
 
 
-@dataclass
-class Log:
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    latest: dict[Any, dict[str, Written]] = field(default_factory=dict)
-    deleted: set[Any] = field(default_factory=set)
-    ops: dict[str, int] = field(default_factory=lambda: {"insert": 0, "update": 0, "delete": 0})
-    ops_during: dict[str, int] = field(
-        default_factory=lambda: {"insert": 0, "update": 0, "delete": 0}
-    )
-    lock_timeouts: int = 0
-    longest_write: float = 0.0
-    errors: list[str] = field(default_factory=list)
+def run_paced(
+    m: Migration, proxy: FaultProxy, proc: AlembicProcess, app: App, pool: Pool, reserved: list[Any]
+) -> list[Any]:
+    """Let the migration's Vault requests through as the application works (PACE operations
+    each) until the run ends; returns the rows the test itself changed under it."""
+    paced_at = 0
+    forced: list[Any] = []
+    with watching(m.engine) as watch:
+        while proc.proc.poll() is None:
+            held = proxy.held
+            frozen = held > 0 and proxy.allowance == 0
+            if not forced:
+                cps = [c for c in checkpoints(watch) if c["revision"] == "0002_invitations"]
+                if cps:
+                    app.migrating.set()
+                if frozen and cps and cps[0]["last_pk"] is not None:
+                    # The run waits at the proxy with batches read and not written yet. The
+                    # application changes the test's rows past the checkpoint (every batch
+                    # has one): the compare-and-swap certainly meets changed rows.
+                    forced = force_changes(m, pool, app.log, reserved, int(cps[0]["last_pk"]))
+            credit = min((app.operations() - paced_at) // PACE, held)
+            if frozen and credit > 0:
+                paced_at += credit * PACE
+                proxy.allow(credit)
+            time.sleep(0.002)
+    return forced
 
 
-def make_pool(m: Migration, n: int) -> Pool:
-    plains = [f"written by the app #{i} ({'é' if i % 2 else 'e'})" for i in range(n)]
-    plains[0] = ""  # the empty string is a value like any other
-    old = {c: m.vault.encrypt(m.vault.old_key, plains, [None] * n) for c in COLUMNS}
-    new = {c: m.vault.encrypt(m.vault.new_key, plains, [f"invitations.{c}"] * n) for c in COLUMNS}
-    return Pool(plains, old, new)
-
-
-def pick_values(
-    m: Migration, pool: Pool, rng: random.Random
-) -> tuple[dict[str, str | None], dict[str, Written]]:
-    values: dict[str, str | None] = {}
-    written: dict[str, Written] = {}
-    for c in COLUMNS:
-        scheme = rng.choices(("old", "new", "null"), weights=(45, 45, 10))[0]
-        if scheme == "null":
-            values[c] = values[f"{c}_hmac"] = None
-            written[c] = Written(None, "null", None)
+def expected_rows(seeded: dict[Any, Any], log: Log) -> dict[Any, dict[str, Written]]:
+    """What every row must hold: the latest value written, else the seeded one."""
+    expected: dict[Any, dict[str, Written]] = {}
+    for pk, plain in seeded.items():
+        if pk in log.deleted:
             continue
-        i = rng.randrange(len(pool.plains))
-        ct = (pool.old if scheme == "old" else pool.new)[c][i]
-        values[c] = ct
-        values[f"{c}_hmac"] = hmac_hex(m.hmac_secret, pool.plains[i])
-        written[c] = Written(pool.plains[i], scheme, ct)
-    return values, written
+        expected[pk] = {c: Written(plain[c], "seed", None) for c in COLUMNS}
+    expected.update(log.latest)
+    return expected
 
 
-def writer(
+def readable_values(
+    m: Migration, stored: dict[Any, dict[str, Any]], c: str, target: str
+) -> tuple[dict[Any, str | None], list[tuple[Any, str]]]:
+    """Column ``c``'s plaintexts under either scheme, and the values not in ``target``."""
+    readable: dict[Any, str | None] = {}
+    left: list[tuple[Any, str]] = []
+    pks_c = [pk for pk in stored if stored[pk][c] is not None]
+    cts = [stored[pk][c] for pk in pks_c]
+    new_p = m.vault.decrypt(m.vault.new_key, cts, [f"invitations.{c}"] * len(cts))
+    idx = [i for i, p in enumerate(new_p) if p is None]
+    old_p = m.vault.decrypt(m.vault.old_key, [cts[i] for i in idx], [None] * len(idx))
+    old_by = dict(zip(idx, old_p, strict=True))
+    for i, pk in enumerate(pks_c):
+        readable[pk] = new_p[i] if new_p[i] is not None else old_by[i]
+        if (new_p[i] is None) == (target == "new"):
+            left.append((pk, c))
+    return readable, left
+
+
+def lost_values(
     m: Migration,
-    pool: Pool,
-    log: Log,
-    mine: list[Any],
-    stop: threading.Event,
-    migrating: threading.Event,
-    seed_: int,
-    hot: bool,
-) -> None:
-    """Insert, update and delete rows of ``mine`` (this writer's partition) until ``stop``."""
-    rng = random.Random(seed_)
-    engine = sa.create_engine(
-        m.url,
-        poolclass=sa.pool.NullPool,
-        connect_args={
-            "application_name": WRITER_APP,
-            "options": f"-c lock_timeout={LOCK_TIMEOUT_MS}",
-        },
-    )
-    try:
-        with engine.connect() as conn:
-            while not stop.is_set():
-                op = "update" if hot else rng.choices(("update", "insert", "delete"), (6, 2, 1))[0]
-                if op != "insert" and not mine:
-                    op = "insert"
-                values, written = pick_values(m, pool, rng)
-                t0 = time.monotonic()
-                try:
-                    with conn.begin():
-                        if op == "insert":
-                            pk = conn.execute(
-                                sa.insert(invitations).values(**values).returning(invitations.c.id)
-                            ).scalar_one()
-                        else:
-                            pk = rng.choice(mine)
-                            if op == "update":
-                                conn.execute(
-                                    sa.update(invitations)
-                                    .where(invitations.c.id == pk)
-                                    .values(**values)
-                                )
-                            else:
-                                conn.execute(sa.delete(invitations).where(invitations.c.id == pk))
-                except sa.exc.OperationalError as exc:
-                    with log.lock:
-                        if "lock timeout" in str(exc).lower():
-                            log.lock_timeouts += 1
-                        else:
-                            log.errors.append(type(exc.orig).__name__)
-                    continue
-                took = time.monotonic() - t0
-                with log.lock:
-                    log.longest_write = max(log.longest_write, took)
-                    log.ops[op] += 1
-                    if migrating.is_set():
-                        log.ops_during[op] += 1
-                    if op == "delete":
-                        mine.remove(pk)
-                        log.deleted.add(pk)
-                        log.latest.pop(pk, None)
-                    else:
-                        if op == "insert":
-                            mine.append(pk)
-                        log.latest[pk] = written
-                # a pause between operations leaves the GIL to the fault proxy's threads,
-                # which run in this process too
-                time.sleep(0.002 if hot else 0.001)
-    finally:
-        engine.dispose()
+    stored: dict[Any, dict[str, Any]],
+    expected: dict[Any, dict[str, Written]],
+    target: str,
+) -> tuple[list[str], list[tuple[Any, str]]]:
+    """Every latest value that is not where it should be, and every value not in ``target``."""
+    other = "old" if target == "new" else "new"
+    lost: list[str] = []
+    left: list[tuple[Any, str]] = []
+    for c in COLUMNS:
+        readable, left_c = readable_values(m, stored, c, target)
+        left += left_c
+        for pk, want in expected.items():
+            w = want[c]
+            got = stored[pk][c]
+            if w.plain is None:
+                if got is not None:
+                    lost.append(f"{c} id={pk}: NULL was overwritten")
+                continue
+            if got is None or readable.get(pk) != w.plain:
+                lost.append(f"{c} id={pk}: latest {w.scheme} value lost")
+                continue
+            if stored[pk][f"{c}_hmac"] != hmac_hex(m.hmac_secret, w.plain):
+                lost.append(f"{c} id={pk}: companion does not match")
+            if w.scheme == target and got != w.ciphertext:
+                lost.append(f"{c} id={pk}: a {target}-scheme value the app wrote was rewritten")
+            if w.scheme in ("seed", target) and (pk, c) in left:
+                lost.append(f"{c} id={pk}: left in (or reverted to) the {other} scheme")
+    return lost, left
 
 
-def force_changes(m: Migration, pool: Pool, log: Log, reserved: list[Any], after: int) -> list[Any]:
-    """Update every reserved row past ``after`` to a pool value (never NULL, so each row
-    certainly changes: the seeded values are not in the pool), in one application transaction,
-    recorded like a writer's updates; returns their primary keys."""
-    pks = [pk for pk in reserved if pk > after]
-    assert pks, "no reserved row past the checkpoint"
-    updates: list[tuple[Any, dict[str, Written]]] = []
-    engine = sa.create_engine(
-        m.url, poolclass=sa.pool.NullPool, connect_args={"application_name": WRITER_APP}
-    )
-    with engine.begin() as conn:
-        for n, pk in enumerate(pks):
-            scheme = ("old", "new")[n % 2]
-            i = 1 + n % (len(pool.plains) - 1)
-            values: dict[str, str | None] = {}
-            written: dict[str, Written] = {}
-            for c in COLUMNS:
-                ct = (pool.old if scheme == "old" else pool.new)[c][i]
-                values[c] = ct
-                values[f"{c}_hmac"] = hmac_hex(m.hmac_secret, pool.plains[i])
-                written[c] = Written(pool.plains[i], scheme, ct)
-            conn.execute(sa.update(invitations).where(invitations.c.id == pk).values(**values))
-            updates.append((pk, written))
-    engine.dispose()
-    with log.lock:
-        for pk, written in updates:
-            log.latest[pk] = written
-            log.ops["update"] += 1
-            log.ops_during["update"] += 1
-    return pks
-
-
-def lock_sampler(m: Migration, stop: threading.Event, longest: list[float]) -> None:
-    """Longest time a non-writer transaction holding a row-modifying lock on the table has run."""
-    engine = sa.create_engine(m.url, poolclass=sa.pool.NullPool)
-    q = sa.text(
-        "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - a.xact_start)), 0) "
-        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-        "WHERE l.relation = 'invitations'::regclass AND l.mode = 'RowExclusiveLock' "
-        "AND l.granted AND a.application_name <> :writer AND a.pid <> pg_backend_pid()"
-    )
-    try:
-        with engine.connect() as conn:
-            while not stop.is_set():
-                with conn.begin():
-                    v = float(conn.execute(q, {"writer": WRITER_APP}).scalar_one())
-                longest[0] = max(longest[0], v)
-                time.sleep(0.005)
-    finally:
-        engine.dispose()
+def unhandled(
+    left: list[tuple[Any, str]],
+    expected: dict[Any, dict[str, Written]],
+    changing: set[str],
+    other: str,
+) -> list[str]:
+    """A value may remain in the source scheme only where the app wrote it so (after the
+    migration passed the row), or where the row kept changing and was reported."""
+    return [
+        f"{c} id={pk}: {other}-scheme value the migration should have handled"
+        for pk, c in left
+        if expected[pk][c].scheme != other and str(pk) not in changing
+    ]
 
 
 @pytest.mark.parametrize("direction", ["upgrade", "downgrade"])
@@ -250,132 +183,36 @@ def test_no_lost_update_while_the_application_writes(
     # waits until the writers have done PACE more operations, so the application certainly
     # works during the whole migration, however fast or slow the machine is.
     vault_faults.hold(f"{m.vault.mount}/")
-
-    pks = sorted(seeded)
-    hot = pks[5::40]  # spread across every part of the table
-    # one row in every 25 (a batch) belongs to the test itself: it changes them while the
-    # migration has batches in flight (see below); no writer touches them
-    reserved = pks[12::25]
-    taken = set(hot) | set(reserved)
-    rest = [pk for pk in pks if pk not in taken]
-    parts: list[list[Any]] = [hot, rest[0::3], rest[1::3], rest[2::3]]
-    log = Log()
-    stop, migrating, sampler_stop = threading.Event(), threading.Event(), threading.Event()
-    longest_lock = [0.0]
-    threads = [
-        threading.Thread(
-            target=writer, args=(m, pool, log, part, stop, migrating, i, i == 0), daemon=True
-        )
-        for i, part in enumerate(parts)
-    ]
-    sampler = threading.Thread(target=lock_sampler, args=(m, sampler_stop, longest_lock))
+    reserved, parts = partition(sorted(seeded))
+    app = App(m, pool, parts)
+    log = app.log
     report_path = m.tmp_path / "concurrent-report.json"
 
-    sampler.start()
-    for t in threads:
-        t.start()
+    app.start()
     time.sleep(0.3)  # the application is busy before the migration starts
     proc = popen_alembic(
-        m,
-        "-x",
-        "batch-size=25",
-        "-x",
-        "workers=2",
-        "-x",
-        "on-error=skip",
-        "-x",
-        f"report={report_path}",
-        *command,
-    )
+        m, "-x", "batch-size=25", "-x", "workers=2", "-x", "on-error=skip",
+        "-x", f"report={report_path}", *command,
+    )  # fmt: skip
     started = time.monotonic()
-    paced_at = 0
-    forced: list[Any] = []
-    with watching(m.engine) as watch:
-        while proc.proc.poll() is None:
-            held = vault_faults.held
-            frozen = held > 0 and vault_faults.allowance == 0
-            if not forced:
-                cps = [c for c in checkpoints(watch) if c["revision"] == "0002_invitations"]
-                if cps:
-                    migrating.set()
-                if frozen and cps and cps[0]["last_pk"] is not None:
-                    # The run waits at the proxy with batches read and not written yet. The
-                    # application changes the test's rows past the checkpoint (every batch
-                    # has one): the compare-and-swap certainly meets changed rows.
-                    forced = force_changes(m, pool, log, reserved, int(cps[0]["last_pk"]))
-            with log.lock:
-                ops = sum(log.ops.values())
-            credit = min((ops - paced_at) // PACE, held)
-            if frozen and credit > 0:
-                paced_at += credit * PACE
-                vault_faults.allow(credit)
-            time.sleep(0.002)
+    forced = run_paced(m, vault_faults, proc, app, pool, reserved)
     migration_seconds = time.monotonic() - started
-    migrating.clear()
+    app.migrating.clear()
     time.sleep(0.2)  # and keeps writing after it finished
-    stop.set()
-    for t in threads:
-        t.join(30)
-    sampler_stop.set()
-    sampler.join(30)
+    app.stop()
     vault_faults.release()
 
     assert proc.proc.returncode == 0, proc.stderr
     assert m.current() == ("0002_invitations" if direction == "upgrade" else "0001_users")
     assert not log.errors, log.errors
-    report = json.loads(report_path.read_text())
-    summary = table_summary(report, "invitations")
-
-    # what every row must hold: the latest value written, else the seeded one
-    expected: dict[Any, dict[str, Written]] = {}
-    for pk, plain in seeded.items():
-        if pk in log.deleted:
-            continue
-        expected[pk] = {c: Written(plain[c], "seed", None) for c in COLUMNS}
-    expected.update(log.latest)
+    summary = table_summary(json.loads(report_path.read_text()), "invitations")
+    expected = expected_rows(seeded, log)
     stored = read_table(m.engine, "invitations")
     assert set(stored) == set(expected), "rows inserted or deleted by the application differ"
-
-    lost: list[str] = []
-    left: list[Any] = []  # values not in the target scheme
-    for c in COLUMNS:
-        readable: dict[Any, str | None] = {}
-        pks_c = [pk for pk in stored if stored[pk][c] is not None]
-        cts = [stored[pk][c] for pk in pks_c]
-        new_p = m.vault.decrypt(m.vault.new_key, cts, [f"invitations.{c}"] * len(cts))
-        idx = [i for i, p in enumerate(new_p) if p is None]
-        old_p = m.vault.decrypt(m.vault.old_key, [cts[i] for i in idx], [None] * len(idx))
-        old_by = dict(zip(idx, old_p, strict=True))
-        for i, pk in enumerate(pks_c):
-            readable[pk] = new_p[i] if new_p[i] is not None else old_by[i]
-            if (new_p[i] is None) == (target == "new"):
-                left.append((pk, c))
-        for pk, want in expected.items():
-            w = want[c]
-            got = stored[pk][c]
-            if w.plain is None:
-                if got is not None:
-                    lost.append(f"{c} id={pk}: NULL was overwritten")
-                continue
-            if got is None or readable.get(pk) != w.plain:
-                lost.append(f"{c} id={pk}: latest {w.scheme} value lost")
-                continue
-            want_hmac = hmac_hex(m.hmac_secret, w.plain)
-            if stored[pk][f"{c}_hmac"] != want_hmac:
-                lost.append(f"{c} id={pk}: companion does not match")
-            if w.scheme == target and got != w.ciphertext:
-                lost.append(f"{c} id={pk}: a {target}-scheme value the app wrote was rewritten")
-            if w.scheme in ("seed", target) and (pk, c) in left:
-                lost.append(f"{c} id={pk}: left in (or reverted to) the {other} scheme")
-
+    lost, left = lost_values(m, stored, expected, target)
     failures = summary["failures"]
     changing = {f["id"] for f in failures if "kept changing" in f["reason"]}
-    # a value may remain in the source scheme only where the app wrote it so (after the
-    # migration passed the row), or where the row kept changing and was reported
-    for pk, c in left:
-        w = expected[pk][c]
-        if w.scheme != other and str(pk) not in changing:
-            lost.append(f"{c} id={pk}: {other}-scheme value the migration should have handled")
+    lost += unhandled(left, expected, changing, other)
 
     during = sum(log.ops_during.values())
     print(
@@ -385,7 +222,7 @@ def test_no_lost_update_while_the_application_writes(
         f"deleted_concurrently={summary['deleted_concurrently']}, "
         f"reported as still changing: {len(changing)}; {other}-scheme values left by the app: "
         f"{len(left)}; longest app write {log.longest_write * 1000:.0f} ms; longest "
-        f"migration lock hold seen {longest_lock[0] * 1000:.0f} ms"
+        f"migration lock hold seen {app.longest_lock[0] * 1000:.0f} ms"
     )
     assert forced, "the test's own concurrent change was never made"
     assert not lost, f"{len(lost)} lost updates: {lost[:20]}"

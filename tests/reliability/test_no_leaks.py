@@ -12,13 +12,9 @@ not check it, but it is in the URL every run uses).
 
 from __future__ import annotations
 
-import configparser
 import json
 import logging
-import os
 import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +26,8 @@ from alembic.util import CommandError
 from psycopg import sql
 
 from context_encryption import cli
-from tests.support.migration_fixtures import ROOT, Migration, seed_tables
+from tests.support.leaks import CliRuns, assert_clean, debug_ini, secret_values
+from tests.support.migration_fixtures import Migration, seed_tables
 from tests.support.reliability_helpers import run_alembic, set_values
 from tests.support.seeding import pks_with, read_table, sample_rows, seed
 
@@ -82,46 +79,40 @@ def db_password(migration: Migration, pg_admin_url: sa.URL) -> Iterator[str]:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
-def debug_ini(tmp_path: Path) -> Path:
-    """alembic.ini with every logger and handler at DEBUG (script_location made absolute)."""
-    cp = configparser.ConfigParser(interpolation=None)
-    cp.read(ROOT / "alembic.ini")
-    cp["alembic"]["script_location"] = str(ROOT / "migrations")
-    for section in cp.sections():
-        if section.startswith(("logger_", "handler_")):
-            cp[section]["level"] = "DEBUG"
-    # the library loggers without a section of their own get one, at DEBUG
-    extra = {"urllib3": "urllib3", "hvac": "hvac", "sqlalchemy_pool": "sqlalchemy.pool"}
-    cp["loggers"]["keys"] = cp["loggers"]["keys"] + "," + ",".join(extra)
-    for key, qualname in extra.items():
-        cp[f"logger_{key}"] = {"level": "DEBUG", "handlers": "", "qualname": qualname}
-    path = tmp_path / "alembic-debug.ini"
-    with path.open("w") as fh:
-        cp.write(fh)
-    return path
-
-
-def secrets_of(m: Migration, data: dict[str, dict[Any, Any]], password: str) -> dict[str, str]:
-    found = {
-        "Vault token": m.env["VAULT_TOKEN"],
-        "HMAC secret": m.hmac_secret,
-        "database password": password,
-    }
-    for t, rows in data.items():
-        for pk, row in rows.items():
-            for col, v in row.items():
-                if isinstance(v, str) and len(v.strip()) >= 8:
-                    found[f"plaintext of {t}.{col} id={pk}"] = v
-    return found
-
-
-def assert_clean(where: str, text: str, secret_values: dict[str, str]) -> None:
-    leaked = [name for name, v in secret_values.items() if v in text]
-    assert not leaked, f"{where} shows: {leaked[:5]}"
-
-
 def seed_all(m: Migration) -> dict[str, dict[Any, Any]]:
     return seed_tables(m, {}, default=25)
+
+
+def _tamper(m: Migration, table: str, pk: Any, column: str) -> None:
+    """Change the last characters of a stored ciphertext: Vault can no longer decrypt it."""
+    ct = read_table(m.engine, table)[pk][column]
+    set_values(m, table, pk, **{column: ct[:-6] + ("AAAAAA" if ct[-6:] != "AAAAAA" else "BBBBBB")})
+
+
+def _failing_cli_runs(runs: CliRuns, hidden: dict[str, str]) -> None:
+    """Runs that fail (each adds what it was given to ``hidden``)."""
+    runs.alembic("failing (tampered row)", "upgrade", "head", ok=False)
+    runs.alembic(
+        "failing (wrong HMAC secret)",
+        "-x", "hmac-secret=wrong-secret-123456", "-x", "tables=all", "upgrade", "head",
+        ok=False,
+    )  # fmt: skip
+    hidden["wrong HMAC secret given"] = "wrong-secret-123456"
+    fake_token = f"hvs.{secrets.token_hex(12)}"
+    hidden["invalid token given"] = fake_token
+    runs.alembic(
+        "failing (bad token)", "upgrade", "head", ok=False, env={"VAULT_TOKEN": fake_token}
+    )
+    runs.alembic(
+        "failing (typo beside secrets)",
+        "-x", f"vault-token={fake_token}", "-x", "dry-rum=true", "upgrade", "head",
+        ok=False,
+    )  # fmt: skip
+    unreachable = runs.m.env["DATABASE_URL"].replace("127.0.0.1:5432", "127.0.0.1:1")
+    runs.alembic(
+        "failing (database down)", "upgrade", "head", ok=False, env={"DATABASE_URL": unreachable}
+    )
+    runs.tool("verify (problems)", "verify", "-v", ok=False)
 
 
 def test_cli_runs_at_debug_show_no_secret(
@@ -130,87 +121,24 @@ def test_cli_runs_at_debug_show_no_secret(
     m = migration
     data = seed_all(m)
     bad_pk = pks_with(data["invitations"], "token", 4)[3]
-    secret_values = secrets_of(m, data, db_password)
-    ini = str(debug_ini(tmp_path))
-    outputs: list[tuple[str, str]] = []
-    reports: list[Path] = []
+    hidden = secret_values(m, data, db_password)
+    runs = CliRuns(m, tmp_path)
 
-    def alembic(name: str, *args: str, ok: bool = True, env: dict[str, str] | None = None) -> str:
-        report = tmp_path / f"leak-{len(reports)}.json"
-        reports.append(report)
-        p = run_alembic(m, "-c", ini, "-x", f"report={report}", *args, env=env)
-        outputs.append((f"alembic {name} stdout", p.stdout))
-        outputs.append((f"alembic {name} stderr", p.stderr))
-        assert (p.proc.returncode == 0) == ok, f"{name}: exit {p.proc.returncode}\n{p.stderr}"
-        return p.stderr
-
-    def tool(name: str, *args: str, ok: bool = True) -> None:
-        exe = Path(sys.executable).with_name("context-encryption")
-        p = subprocess.run(
-            [str(exe), *args],
-            cwd=ROOT,
-            env={**os.environ, **m.env},
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        outputs.append((f"{name} stdout", p.stdout))
-        outputs.append((f"{name} stderr", p.stderr))
-        assert (p.returncode == 0) == ok, f"{name}: exit {p.returncode}\n{p.stderr}"
-
-    err = alembic("dry run", "-x", "dry-run=true", "upgrade", "head")
+    err = runs.alembic("dry run", "-x", "dry-run=true", "upgrade", "head")
     assert "DEBUG" in err, "the debug configuration did not take effect"
-    alembic("upgrade", "upgrade", "head")
-    tool("verify", "verify", "-v")
-    tool("verify --json", "verify", "-v", "--json")
-    tool("preflight", "preflight", "-v", "--direction", "downgrade")
-    alembic("downgrade", "downgrade", "base")
+    runs.alembic("upgrade", "upgrade", "head")
+    runs.tool("verify", "verify", "-v")
+    runs.tool("verify --json", "verify", "-v", "--json")
+    runs.tool("preflight", "preflight", "-v", "--direction", "downgrade")
+    runs.alembic("downgrade", "downgrade", "base")
+    _tamper(m, "invitations", bad_pk, "token")
+    _failing_cli_runs(runs, hidden)
 
-    # failing runs
-    ct = read_table(m.engine, "invitations")[bad_pk]["token"]
-    set_values(
-        m, "invitations", bad_pk, token=ct[:-6] + ("AAAAAA" if ct[-6:] != "AAAAAA" else "BBBBBB")
-    )
-    alembic("failing (tampered row)", "upgrade", "head", ok=False)
-    alembic(
-        "failing (wrong HMAC secret)",
-        "-x",
-        "hmac-secret=wrong-secret-123456",
-        "-x",
-        "tables=all",
-        "upgrade",
-        "head",
-        ok=False,
-    )
-    secret_values["wrong HMAC secret given"] = "wrong-secret-123456"
-    fake_token = f"hvs.{secrets.token_hex(12)}"
-    secret_values["invalid token given"] = fake_token
-    alembic("failing (bad token)", "upgrade", "head", ok=False, env={"VAULT_TOKEN": fake_token})
-    alembic(
-        "failing (typo beside secrets)",
-        "-x",
-        f"vault-token={fake_token}",
-        "-x",
-        "dry-rum=true",
-        "upgrade",
-        "head",
-        ok=False,
-    )
-    unreachable = m.env["DATABASE_URL"].replace("127.0.0.1:5432", "127.0.0.1:1")
-    alembic(
-        "failing (database down)", "upgrade", "head", ok=False, env={"DATABASE_URL": unreachable}
-    )
-    tool("verify (problems)", "verify", "-v", ok=False)
-
-    for where, text in outputs:
-        assert_clean(where, text, secret_values)
-    for report in reports:
-        if report.exists():
-            assert_clean(f"report {report.name}", report.read_text(), secret_values)
+    runs.assert_clean(hidden)
     print(
-        f"\n{len(outputs) // 2} CLI runs at DEBUG, {sum(r.exists() for r in reports)} reports, "
-        f"{len(secret_values)} secrets and plaintexts searched: none found"
+        f"\n{len(runs.outputs) // 2} CLI runs at DEBUG, "
+        f"{sum(r.exists() for r in runs.reports)} reports, "
+        f"{len(hidden)} secrets and plaintexts searched: none found"
     )
 
 
@@ -237,6 +165,27 @@ def _record_texts(caplog: pytest.LogCaptureFixture) -> Iterator[tuple[str, str]]
             yield f"log record {r.name} exc_text", r.exc_text
 
 
+def _failing_inprocess_runs(
+    m: Migration, hidden: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    """Runs that fail (each adds what it was given to ``hidden``); their error messages."""
+    errors: list[str] = []
+    with pytest.raises(CommandError) as err:
+        m.upgrade("head")
+    errors.append(str(err.value))
+    with pytest.raises(CommandError) as err:
+        m.upgrade("head", hmac_secret="wrong-secret-abcdef")
+    errors.append(str(err.value))
+    hidden["wrong HMAC secret given"] = "wrong-secret-abcdef"
+    monkeypatch.setenv("VAULT_TOKEN", "hvs.not-a-real-token-0123456789")
+    hidden["invalid token given"] = "hvs.not-a-real-token-0123456789"
+    with pytest.raises(CommandError) as err:
+        m.upgrade("head")
+    errors.append(str(err.value))
+    monkeypatch.setenv("VAULT_TOKEN", m.env["VAULT_TOKEN"])
+    return errors
+
+
 def test_in_process_runs_at_debug_show_no_secret(
     migration: Migration,
     db_password: str,
@@ -246,10 +195,9 @@ def test_in_process_runs_at_debug_show_no_secret(
 ) -> None:
     m = migration
     data = seed_all(m)
-    secret_values = secrets_of(m, data, db_password)
+    hidden = secret_values(m, data, db_password)
     monkeypatch.setenv("DATABASE_URL", m.env["DATABASE_URL"])
     debug_logging.clear()
-    errors: list[str] = []
 
     m.upgrade("head", dry_run="true")
     m.upgrade("head")
@@ -257,24 +205,11 @@ def test_in_process_runs_at_debug_show_no_secret(
     assert cli.main(["verify", "--json"]) == 0
     m.downgrade("base")
 
-    stored = read_table(m.engine, "users")
     pk = pks_with(data["users"], "email", 3)[2]  # a row with an email, whatever the uuids
-    ct = stored[pk]["email"]
+    ct = read_table(m.engine, "users")[pk]["email"]
     assert isinstance(ct, str) and ct.startswith("vault:v1:")
-    set_values(m, "users", pk, email=ct[:-6] + ("AAAAAA" if ct[-6:] != "AAAAAA" else "BBBBBB"))
-    with pytest.raises(CommandError) as err:
-        m.upgrade("head")
-    errors.append(str(err.value))
-    with pytest.raises(CommandError) as err:
-        m.upgrade("head", hmac_secret="wrong-secret-abcdef")
-    errors.append(str(err.value))
-    secret_values["wrong HMAC secret given"] = "wrong-secret-abcdef"
-    monkeypatch.setenv("VAULT_TOKEN", "hvs.not-a-real-token-0123456789")
-    secret_values["invalid token given"] = "hvs.not-a-real-token-0123456789"
-    with pytest.raises(CommandError) as err:
-        m.upgrade("head")
-    errors.append(str(err.value))
-    monkeypatch.setenv("VAULT_TOKEN", m.env["VAULT_TOKEN"])
+    _tamper(m, "users", pk, "email")
+    errors = _failing_inprocess_runs(m, hidden, monkeypatch)
     assert cli.main(["verify"]) != 0
 
     records = list(_record_texts(debug_logging))
@@ -288,7 +223,7 @@ def test_in_process_runs_at_debug_show_no_secret(
         *(("report", json.dumps(r)) for r in m.reports),
     ]
     for where, text in texts:
-        assert_clean(where, text, secret_values)
+        assert_clean(where, text, hidden)
     print(
         f"\n{len(debug_logging.records)} log records, {len(m.reports)} reports, "
         f"{len(errors)} failing runs: no secret or plaintext"
@@ -306,8 +241,8 @@ def test_plaintext_stored_in_the_database_is_not_logged_at_debug(
     }
     planted = "plaintext sitting in the database"
     set_values(m, "invitations", pks_with(data["invitations"], "token", 4)[3], token=planted)
-    secret_values = secrets_of(m, data, db_password)
-    secret_values["plaintext stored in the database"] = planted
+    hidden = secret_values(m, data, db_password)
+    hidden["plaintext stored in the database"] = planted
     report = tmp_path / "planted.json"
     p = run_alembic(
         m, "-c", str(debug_ini(tmp_path)), "-x", f"report={report}", "upgrade", "0002_invitations"
@@ -315,4 +250,4 @@ def test_plaintext_stored_in_the_database_is_not_logged_at_debug(
     assert p.proc.returncode != 0
     assert "DEBUG" in p.stderr
     for where, text in (("stdout", p.stdout), ("stderr", p.stderr), ("report", report.read_text())):
-        assert_clean(where, text, secret_values)
+        assert_clean(where, text, hidden)

@@ -248,6 +248,37 @@ def test_b_downgrade_refuses_a_table_a_stopped_upgrade_left_half_new(
     assert current_version(m.engine) is None
 
 
+def drop_checkpoint_stamp(m: Migration) -> None:
+    """The checkpoint table as the tool before the stamp check left it: no stamp, no
+    fingerprint."""
+    with m.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "ALTER TABLE context_encryption_checkpoint "
+                "DROP COLUMN IF EXISTS stamp, DROP COLUMN IF EXISTS key_fingerprint"
+            )
+        )
+
+
+def rewrite_invitations(m: Migration, data: Data, pks: list[Any]) -> None:
+    """The application writes new old-scheme values (and companions) into rows ``pks``."""
+    inv = metadata.tables["invitations"]
+    with m.engine.begin() as conn:
+        for pk in pks:
+            email, token = f"rewritten {pk}@example.com", f"token written later {pk}"
+            conn.execute(
+                sa.update(inv)
+                .where(inv.c.id == pk)
+                .values(
+                    email=old_ct(m, email),
+                    email_hmac=hmac_hex(m.hmac_secret, email),
+                    token=old_ct(m, token),
+                    token_hmac=hmac_hex(m.hmac_secret, token),
+                )
+            )
+            data["invitations"][pk].update(email=email, token=token)
+
+
 @pytest.mark.parametrize("made_by", ["stamp", "older tool"])
 def test_c_a_checkpoint_older_than_the_last_stamp_change_is_not_resumed(
     migration: Migration, vault_faults: FaultProxy, made_by: str
@@ -261,33 +292,12 @@ def test_c_a_checkpoint_older_than_the_last_stamp_change_is_not_resumed(
     )
     vault_faults.clear()
     if made_by == "older tool":
-        # the checkpoint table as the tool before this change left it: no stamp, no fingerprint
-        with m.engine.begin() as conn:
-            conn.execute(
-                sa.text(
-                    "ALTER TABLE context_encryption_checkpoint "
-                    "DROP COLUMN IF EXISTS stamp, DROP COLUMN IF EXISTS key_fingerprint"
-                )
-            )
+        drop_checkpoint_stamp(m)
     stamped = ok(cli(m, "stamp", "base"))
     # the rolled-back application writes old-scheme values behind the checkpoint
-    inv = metadata.tables["invitations"]
     behind = sorted(data["invitations"])[4:7]
     assert all(pk <= int(cp["last_pk"]) for pk in behind)
-    with m.engine.begin() as conn:
-        for pk in behind:
-            email, token = f"rewritten {pk}@example.com", f"token written later {pk}"
-            conn.execute(
-                sa.update(inv)
-                .where(inv.c.id == pk)
-                .values(
-                    email=old_ct(m, email),
-                    email_hmac=hmac_hex(m.hmac_secret, email),
-                    token=old_ct(m, token),
-                    token_hmac=hmac_hex(m.hmac_secret, token),
-                )
-            )
-            data["invitations"][pk].update(email=email, token=token)
+    rewrite_invitations(m, data, behind)
 
     report = m.tmp_path / "c.json"
     p = ok(cli(m, "-x", BATCH, "-x", f"report={report}", "upgrade", "head"))

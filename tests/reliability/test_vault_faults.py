@@ -239,11 +239,9 @@ def private_vault() -> Iterator[PrivateVault]:
         vault.stop()
 
 
-def test_vault_stopped_mid_run_stops_cleanly_and_resumes_on_a_restarted_vault(
-    migration: Migration, private_vault: PrivateVault, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    m = migration
-    client = private_vault.start()
+def keys_with_backups(client: Any) -> dict[str, str]:
+    """Both keys in ``client``'s ``transit`` mount, and the operator's backups of them (the dev
+    server keeps keys in memory only)."""
     transit = client.secrets.transit
     transit.create_key(name=OLD_KEY, exportable=True, allow_plaintext_backup=True)
     transit.create_key(
@@ -253,8 +251,15 @@ def test_vault_stopped_mid_run_stops_cleanly_and_resumes_on_a_restarted_vault(
         exportable=True,
         allow_plaintext_backup=True,
     )
-    # the operator's backups of both keys (the dev server keeps keys in memory only)
-    backups = {k: transit.backup_key(name=k)["data"]["backup"] for k in (OLD_KEY, NEW_KEY)}
+    return {k: transit.backup_key(name=k)["data"]["backup"] for k in (OLD_KEY, NEW_KEY)}
+
+
+def test_vault_stopped_mid_run_stops_cleanly_and_resumes_on_a_restarted_vault(
+    migration: Migration, private_vault: PrivateVault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = migration
+    client = private_vault.start()
+    backups = keys_with_backups(client)
     vault = Vault(client, "transit", OLD_KEY, NEW_KEY)
     data = seed(m.engine, vault, "users", sample_rows("users", 800), m.hmac_secret)
 
@@ -295,14 +300,8 @@ def test_vault_stopped_mid_run_stops_cleanly_and_resumes_on_a_restarted_vault(
     assert summary["resumed_after"] == cps[0]["last_pk"]
     assert summary["rows_scanned"] < len(data)
     assert m.current() == "0001_users"
-    assert_scheme(
-        m.engine,
-        Vault(client2, "transit", OLD_KEY, NEW_KEY),
-        "users",
-        data,
-        "new",
-        m.hmac_secret,
-    )
+    restored = Vault(client2, "transit", OLD_KEY, NEW_KEY)
+    assert_scheme(m.engine, restored, "users", data, "new", m.hmac_secret)
 
 
 # --------------------------------------------------------------------------------------------
