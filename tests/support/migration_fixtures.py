@@ -21,7 +21,7 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +31,16 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from context_encryption.alembic_runtime import TRANSIT_FACTORY_KEY
 from context_encryption.catalog import load_catalog
+from context_encryption.settings import Settings
 from tests.support.fault_proxy import FaultProxy
 from tests.support.seeding import Plain, Vault, assert_scheme, sample_rows, seed
 from tests.support.vault_fixtures import VaultServer
 
 ROOT = Path(__file__).resolve().parents[2]
+#: Makes the run's Transit clients (``config.attributes[TRANSIT_FACTORY_KEY]``).
+TransitFactory = Callable[[Settings], Any]
 OLD_KEY = "pos-encryption-key"
 NEW_KEY = "pos-context-key"
 
@@ -62,21 +66,34 @@ class Migration:
     def _report_path(self) -> Path:
         return self.tmp_path / f"report-{len(self.reports)}-{secrets.token_hex(3)}.json"
 
-    def _run(self, fn: Any, rev: str, x: dict[str, object]) -> dict[str, Any]:
+    def run(
+        self,
+        direction: str,
+        rev: str,
+        x: Mapping[str, object],
+        factory: TransitFactory | None = None,
+    ) -> dict[str, Any]:
+        """``alembic upgrade|downgrade rev`` in-process, with ``-x`` options ``x`` and the
+        run's Transit clients made by ``factory`` when given; returns the run's JSON report.
+        The report of a failing run is in ``reports[-1]``."""
         path = self._report_path()
+        cfg = self.config(report=path, **x)
+        if factory is not None:
+            cfg.attributes[TRANSIT_FACTORY_KEY] = factory
+        fn = command.upgrade if direction == "upgrade" else command.downgrade
         try:
-            fn(self.config(report=path, **x), rev)
+            fn(cfg, rev)
         finally:
             if path.exists():
                 self.reports.append(json.loads(path.read_text()))
         return self.reports[-1]
 
     def upgrade(self, rev: str = "head", **x: object) -> dict[str, Any]:
-        """``alembic upgrade rev`` in-process; returns the run's JSON report."""
-        return self._run(command.upgrade, rev, x)
+        """``alembic upgrade rev`` in-process; returns the run's JSON report (see :meth:`run`)."""
+        return self.run("upgrade", rev, x)
 
     def downgrade(self, rev: str, **x: object) -> dict[str, Any]:
-        return self._run(command.downgrade, rev, x)
+        return self.run("downgrade", rev, x)
 
     def stamp(self, rev: str) -> None:
         command.stamp(self.config(), rev, purge=True)

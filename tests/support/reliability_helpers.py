@@ -7,7 +7,6 @@ fault proxy of :mod:`tests.support.fault_proxy` when a test injects faults; noth
 from __future__ import annotations
 
 import base64
-import json
 import os
 import subprocess
 import sys
@@ -20,10 +19,8 @@ from typing import Any
 
 import hvac.exceptions
 import sqlalchemy as sa
-from alembic import command
 
 from app_models.tables import context_string, metadata
-from context_encryption.alembic_runtime import TRANSIT_FACTORY_KEY
 from context_encryption.settings import Settings
 from context_encryption.transit import TransitClient, build_retry
 from tests.support.fault_proxy import FaultProxy
@@ -107,21 +104,12 @@ def run_inprocess(
     factory: Callable[[Settings], Any] | None = None,
     **x: object,
 ) -> dict[str, Any]:
-    """``alembic upgrade|downgrade rev`` in-process, optionally with a Transit factory.
+    """``alembic upgrade|downgrade rev`` in-process, optionally with a Transit factory
+    (:meth:`Migration.run`).
 
     Returns the JSON report; the report of a failing run is in ``m.reports[-1]``.
     """
-    path = m.tmp_path / f"report-{len(m.reports)}-{time.monotonic_ns()}.json"
-    cfg = m.config(report=path, **x)
-    if factory is not None:
-        cfg.attributes[TRANSIT_FACTORY_KEY] = factory
-    fn = command.upgrade if direction == "upgrade" else command.downgrade
-    try:
-        fn(cfg, rev)
-    finally:
-        if path.exists():
-            m.reports.append(json.loads(path.read_text()))
-    return m.reports[-1]
+    return m.run(direction, rev, x, factory)
 
 
 def table_summary(report: dict[str, Any], table: str) -> dict[str, Any]:
