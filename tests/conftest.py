@@ -1,7 +1,7 @@
 """The test suite, in layers (one directory and one marker each, applied here by directory):
 
-* ``unit`` (tests/unit): our own pure functions, no server at all; ``.venv/bin/pytest tests/unit``
-  (or ``-m unit``) runs in under a second.
+* ``unit`` (tests/unit): our own pure functions and guards over the source, no server at all;
+  ``.venv/bin/pytest tests/unit`` (or ``-m unit``) runs in seconds and starts nothing.
 * ``contract`` (tests/contract): what the real Vault (OpenBao) server says and does, over HTTP.
 * ``migration`` (tests/migration): the revisions, the engine, verify, the rewrap and the CLI
   against real PostgreSQL and a real OpenBao.
