@@ -9,8 +9,8 @@
   and the environment of a run (``Migration.env``, also set in ``os.environ``).
 
 Helpers: :func:`seed_tables` seeds every table of the chain, :func:`assert_all_in` checks
-every table is in one scheme; :func:`secrets_of` and
-:func:`assert_no_leak` check that no secret or plaintext reached an output.
+every table is in one scheme; :func:`secrets_of` and :func:`assert_no_leak` check that no
+secret or plaintext reached an output.
 """
 
 from __future__ import annotations
