@@ -8,7 +8,8 @@ import sqlalchemy as sa
 
 from context_encryption.alembic_runtime import RUN_LOCK_KEY
 from context_encryption.catalog import load_catalog
-from tests.support.migration_fixtures import Migration, assert_no_leak, secrets_of
+from tests.support.leaks import assert_no_leak, secrets_of
+from tests.support.migration_fixtures import Migration
 from tests.support.seeding import assert_scheme, sample_rows, seed, snapshot
 
 TABLES = load_catalog().tables

@@ -30,7 +30,8 @@ from context_encryption import cli
 from context_encryption.alembic_runtime import RUN_LOCK_KEY
 from context_encryption.transit import RequestLimits, RewrapRequest, TransitClient
 from tests.support.fault_proxy import FaultProxy
-from tests.support.migration_fixtures import ROOT, Migration, assert_no_leak, secrets_of
+from tests.support.leaks import assert_no_leak, secrets_of
+from tests.support.migration_fixtures import ROOT, Migration
 from tests.support.reliability_helpers import (
     b64,
     checkpoints,

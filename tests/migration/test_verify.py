@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from app_models.tables import metadata
 from context_encryption import cli
 from context_encryption.catalog import load_catalog
-from tests.support.migration_fixtures import Migration, assert_no_leak, secrets_of
+from tests.support.leaks import assert_no_leak, secrets_of
+from tests.support.migration_fixtures import Migration
 from tests.support.seeding import Plain, sample_rows, seed
 from tests.support.tools import subprocess_verify
 

@@ -23,7 +23,8 @@ from context_encryption import cli
 from context_encryption.catalog import load_catalog
 from context_encryption.report import RunReport
 from context_encryption.settings import OPTIONS, X_NAMES, load_settings
-from tests.support.migration_fixtures import ROOT, Migration, assert_no_leak
+from tests.support.leaks import assert_no_leak
+from tests.support.migration_fixtures import ROOT, Migration
 from tests.support.seeding import sample_rows, seed, snapshot
 
 # --------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Looking for secrets in what the tool says: the values to look for, the places to look in.
 
 * :func:`secret_values`: the Vault token, the HMAC secret, the database password and every
-  seeded plaintext, by name (the name, never the value, goes into a failure message).
-* :func:`assert_clean`: none of them in a text.
+  seeded plaintext, by name (the name, never the value, goes into a failure message);
+  :func:`assert_clean`: none of them in a text.
+* :func:`secrets_of` and :func:`assert_no_leak`: the same without names or password (the token,
+  the HMAC secret, every plaintext longer than 6 characters), for the migration tests.
 * :func:`debug_ini`: a copy of alembic.ini with every logger and handler at DEBUG.
 * :class:`CliRuns`: the operator's commands (``alembic -c <debug ini>`` and
   ``context-encryption``) run as subprocesses, each output and report kept for the check.
@@ -19,7 +21,14 @@ from tests.support.migration_fixtures import ROOT, Migration
 from tests.support.reliability_helpers import run_alembic
 from tests.support.tools import subprocess_tool
 
-__all__ = ["CliRuns", "assert_clean", "debug_ini", "secret_values"]
+__all__ = [
+    "CliRuns",
+    "assert_clean",
+    "assert_no_leak",
+    "debug_ini",
+    "secret_values",
+    "secrets_of",
+]
 
 
 def debug_ini(tmp_path: Path) -> Path:
@@ -59,6 +68,24 @@ def secret_values(m: Migration, data: dict[str, dict[Any, Any]], password: str) 
 def assert_clean(where: str, text: str, secrets: dict[str, str]) -> None:
     leaked = [name for name, v in secrets.items() if v in text]
     assert not leaked, f"{where} shows: {leaked[:5]}"
+
+
+def secrets_of(m: Migration, data: dict[str, dict[Any, Any]]) -> list[str]:
+    """The Vault token, the HMAC secret and every seeded plaintext longer than 6 characters."""
+    out = [m.env["VAULT_TOKEN"], m.hmac_secret]
+    out += [
+        v
+        for rows in data.values()
+        for row in rows.values()
+        for v in row.values()
+        if isinstance(v, str) and len(v) > 6
+    ]
+    return out
+
+
+def assert_no_leak(text: str, secrets: list[str]) -> None:
+    for s in secrets:
+        assert s not in text, "a secret or plaintext appeared in the output"
 
 
 @dataclass

@@ -9,8 +9,7 @@
   and the environment of a run (``Migration.env``, also set in ``os.environ``).
 
 Helpers: :func:`seed_tables` seeds every table of the chain, :func:`assert_all_in` checks
-every table is in one scheme; :func:`secrets_of` and :func:`assert_no_leak` check that no
-secret or plaintext reached an output.
+every table is in one scheme. (Looking for secrets in outputs: :mod:`tests.support.leaks`.)
 """
 
 from __future__ import annotations
@@ -173,24 +172,6 @@ def migration(
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return Migration(app_db, database_url, transit_keys, hmac_secret, env, tmp_path)
-
-
-def secrets_of(m: Migration, data: dict[str, dict[Any, Any]]) -> list[str]:
-    """The Vault token, the HMAC secret and every seeded plaintext longer than 6 characters."""
-    out = [m.env["VAULT_TOKEN"], m.hmac_secret]
-    out += [
-        v
-        for rows in data.values()
-        for row in rows.values()
-        for v in row.values()
-        if isinstance(v, str) and len(v) > 6
-    ]
-    return out
-
-
-def assert_no_leak(text: str, secrets: list[str]) -> None:
-    for s in secrets:
-        assert s not in text, "a secret or plaintext appeared in the output"
 
 
 def seed_tables(
