@@ -12,7 +12,7 @@ leave a table half-migrated behind it: a checkpoint whose revision the command d
 means a run of that revision stopped and was never finished (or undone), so the table holds
 values of both schemes whatever the stamp says. The message names the stopped run and the two
 commands that resolve it. Checkpoints of the revisions the command does run are the engine's to
-judge (resume, or process the whole table again: see :mod:`context_encryption.reencrypt`).
+judge (resume, or process the whole table again: see :mod:`context_encryption.engine`).
 
 Everything here takes its inputs as values (catalog, settings, checkpoints, heads), so the
 decisions are unit-tested without a database or a Vault (tests/unit/test_plan.py).

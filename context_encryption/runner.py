@@ -29,7 +29,7 @@ Alembic does not own.
    only the stamp's change, :func:`on_version_apply`'s update of the checkpoints and the
    engine's removal of the revision's checkpoint: they commit together, or not at all.
 2. Live run, on the engine's own connections (``bind.engine``, see
-   :mod:`context_encryption.reencrypt`): the checkpoint table is created in a transaction of
+   :mod:`context_encryption.engine`): the checkpoint table is created in a transaction of
    its own; every batch writes its rows and advances the checkpoint in one transaction, which
    commits when the batch is done. A run that stops keeps its committed batches and its
    checkpoint, and leaves the revision unstamped; the same command resumes it.
