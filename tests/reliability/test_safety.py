@@ -26,14 +26,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -44,7 +41,7 @@ from psycopg import sql
 from app_models.tables import metadata
 from context_encryption.catalog import load_catalog
 from tests.support.fault_proxy import FaultProxy
-from tests.support.migration_fixtures import NEW_KEY, ROOT, Migration, assert_all_in, seed_tables
+from tests.support.migration_fixtures import NEW_KEY, Migration, assert_all_in, seed_tables
 from tests.support.reliability_helpers import (
     checkpoints,
     current_version,
@@ -54,10 +51,10 @@ from tests.support.reliability_helpers import (
     wait_no_backends,
 )
 from tests.support.seeding import assert_scheme, hmac_hex, read_table, snapshot
+from tests.support.tools import subprocess_tool
 
 BATCH = "batch-size=20"
 ONE_WORKER = "workers=1"
-CONTEXT_ENCRYPTION = Path(sys.executable).with_name("context-encryption")
 
 Data = dict[str, dict[Any, dict[str, str | None]]]
 TABLES = load_catalog().tables
@@ -117,15 +114,7 @@ def cli(
     m: Migration, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``alembic args`` as an operator runs it; the caller checks the exit status."""
-    return subprocess.run(
-        [str(Path(sys.executable).with_name("alembic")), *args],
-        cwd=ROOT,
-        env={**os.environ, **m.env, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    return m.cli(*args, check=False, env=env)
 
 
 def ok(p: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -392,15 +381,7 @@ def hide_a_third(m: Migration) -> None:
 
 
 def verify_cli(m: Migration, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(CONTEXT_ENCRYPTION), "verify", *args],
-        cwd=ROOT,
-        env={**os.environ, **m.env, **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return subprocess_tool({**m.env, **env}, "verify", *args)
 
 
 def test_rls_hiding_rows_refuses_the_run_and_verify(
@@ -427,15 +408,7 @@ def test_rls_hiding_rows_refuses_the_run_and_verify(
     v = verify_cli(m, "--tables", "invitations", env=env)
     assert v.returncode == 2, v.stdout + v.stderr
     assert "cannot verify invitations: row-level security is enabled on invitations" in v.stderr
-    pre = subprocess.run(
-        [str(CONTEXT_ENCRYPTION), "preflight", "--tables", "invitations"],
-        cwd=ROOT,
-        env={**os.environ, **m.env, **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    pre = subprocess_tool({**m.env, **env}, "preflight", "--tables", "invitations")
     assert pre.returncode == 1
     assert "FAIL row security" in pre.stdout
 

@@ -38,6 +38,8 @@ from tests.support.seeding import Plain, Vault, assert_scheme, sample_rows, seed
 from tests.support.vault_fixtures import VaultServer
 
 ROOT = Path(__file__).resolve().parents[2]
+#: The ``alembic`` console script of this environment.
+ALEMBIC = Path(sys.executable).with_name("alembic")
 #: Makes the run's Transit clients (``config.attributes[TRANSIT_FACTORY_KEY]``).
 TransitFactory = Callable[[Settings], Any]
 OLD_KEY = "pos-encryption-key"
@@ -105,13 +107,15 @@ class Migration:
                 sa.text("SELECT version_num FROM alembic_version_encryption")
             ).scalar()
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """The real ``alembic`` console script, as an operator runs it."""
-        exe = Path(sys.executable).with_name("alembic")
+    def cli(
+        self, *args: str, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """The real ``alembic`` console script, as an operator runs it (``env`` over the
+        run's environment)."""
         proc = subprocess.run(
-            [str(exe), *args],
+            [str(ALEMBIC), *args],
             cwd=ROOT,
-            env={**os.environ, **self.env},
+            env={**os.environ, **self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=600,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,10 +23,35 @@ from app_models.tables import context_string, metadata
 from context_encryption.settings import Settings
 from context_encryption.transit import TransitClient, build_retry
 from tests.support.fault_proxy import FaultProxy
-from tests.support.migration_fixtures import ROOT, Migration
+from tests.support.migration_fixtures import ALEMBIC, ROOT, Migration
 from tests.support.seeding import b64, encrypted_columns, read_table
 
-ALEMBIC = Path(sys.executable).with_name("alembic")
+__all__ = [
+    "ALEMBIC",
+    "AlembicProcess",
+    "Bind",
+    "b64",
+    "checkpoints",
+    "committed_batches",
+    "current_version",
+    "decrypt_one",
+    "encrypt_raw",
+    "new_ct",
+    "old_ct",
+    "old_cts",
+    "other_backends",
+    "popen_alembic",
+    "readable_as",
+    "run_alembic",
+    "run_inprocess",
+    "schemes_of",
+    "set_values",
+    "small_retry_factory",
+    "step_until",
+    "table_summary",
+    "wait_no_backends",
+    "watching",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,34 +284,6 @@ def readable_as(m: Migration, table: str, column: str, ct: str) -> tuple[str, st
     if p is not None:
         return "old", p
     return None
-
-
-__all__ = [
-    "ALEMBIC",
-    "AlembicProcess",
-    "Bind",
-    "b64",
-    "checkpoints",
-    "committed_batches",
-    "current_version",
-    "decrypt_one",
-    "encrypt_raw",
-    "new_ct",
-    "old_ct",
-    "old_cts",
-    "other_backends",
-    "popen_alembic",
-    "readable_as",
-    "run_alembic",
-    "run_inprocess",
-    "schemes_of",
-    "set_values",
-    "small_retry_factory",
-    "step_until",
-    "table_summary",
-    "wait_no_backends",
-    "watching",
-]
 
 
 def schemes_of(
