@@ -38,6 +38,7 @@ from context_encryption.preflight.vault import (
 )
 from context_encryption.preflight.versions import check_versions
 from context_encryption.settings import X_SPELLING, Settings, Spelling
+from context_encryption.throttle import preflight_messages
 from context_encryption.transit import KeyInfo, TransitClient
 
 
@@ -73,6 +74,8 @@ def collect_preflight(
     db = engine if engine is not None and check_database(report, engine) else None
     old, new = _check_vault_side(report, settings, transit, min_token_ttl)
 
+    if db is not None:  # what the throttle cannot watch with this role (warnings, no failure)
+        report.warnings.extend(preflight_messages(db.engine, settings.throttle))
     hidden = check_row_security(report, db, scope) if db is not None and scope else set()
     readable = tuple(t for t in scope if t not in hidden)
     source = old if report.direction == "upgrade" else new

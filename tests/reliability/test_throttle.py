@@ -33,6 +33,8 @@ from context_encryption.health import (
     read_standbys,
     read_vacuum,
 )
+from context_encryption.preflight import collect_preflight
+from context_encryption.settings import Settings
 from context_encryption.throttle import (
     HoldTimeout,
     Throttle,
@@ -402,6 +404,15 @@ def test_a_role_without_monitor_rights_gets_the_checks_off_with_a_message(
         try:
             messages = t.start()
             assert messages[:2] == preflight_messages(plain, config)
+            preflight = collect_preflight(
+                Settings(throttle=config),
+                direction="upgrade",
+                tables=["users"],
+                transit=None,
+                engine=plain,
+                scan_data=False,
+            )
+            assert preflight.warnings[:2] == messages[:2]
             assert messages == [
                 f"replica lag check off: the role {role} cannot read the standbys' replay "
                 "positions in pg_stat_replication (it needs pg_monitor or pg_read_all_stats: "

@@ -116,3 +116,16 @@ def test_stats_for_the_report() -> None:
         "last10_mean_rows": 500.0,
         "last10_mean_seconds": 0.2,
     }
+
+
+def test_a_large_fixed_part_settles_without_swinging() -> None:
+    """Mostly round trips (0.2 s) and little per row: the size settles, in the band."""
+    sizer = BatchSizer(1000, 0.5, 10, 10_000)
+
+    def cost(rows: int) -> float:
+        return 0.2 + rows * 0.0002
+
+    sizes = run(sizer, cost, 80)
+    tail = sizes[-20:]
+    assert len(set(tail)) == 1, tail
+    assert 0.9 * 0.5 <= cost(tail[0]) <= 1.1 * 0.5
