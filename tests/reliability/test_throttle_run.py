@@ -14,8 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
+from alembic.util import CommandError
 
 from tests.support.fault_proxy import FaultProxy
 from tests.support.migration_fixtures import Migration
@@ -82,7 +84,11 @@ def holding(caplog: pytest.LogCaptureFixture, table: str) -> bool:
 
 
 def write_wal(replica_db: ReplicaDb) -> None:
-    with replica_db.pair.primary() as conn:
+    """About 4 MB of WAL, committed in the test's own database."""
+    with psycopg.connect(
+        replica_db.url.set(drivername="postgresql").render_as_string(hide_password=False),
+        autocommit=True,
+    ) as conn:
         conn.execute(
             "CREATE TABLE filler AS "
             "SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 16000) g"
@@ -188,4 +194,46 @@ def test_target_mode_moves_the_batch_size_within_bounds(migration: Migration) ->
     assert sizing["largest"] > 20  # every batch took far less than 2 s: it grew
     assert sizing["largest"] <= 200
     assert sizing["smallest"] >= 10
+    assert_scheme(m.engine, m.vault, "users", data, "new", m.hmac_secret)
+
+
+def test_a_hold_over_the_timeout_stops_the_run_and_the_same_command_resumes_it(
+    migration: Migration,
+    vault_faults: FaultProxy,
+    replica_db: ReplicaDb,
+) -> None:
+    m = migration
+    data = seed(m.engine, m.vault, "users", sample_rows("users", 600), m.hmac_secret)
+    vault_faults.hold(f"{m.vault.mount}/")
+    x: dict[str, object] = {
+        "batch_size": 50,
+        "workers": 1,
+        "max_replica_lag_bytes": "1MB",
+        "max_replica_lag": "0",
+        "hold_timeout": "500ms",
+    }
+    run = Run(m, "0001_users", **x)
+    with watching(m.engine) as watch:
+        step_until(vault_faults, lambda: committed_batches(watch, "0001_users") >= 2, run.alive)
+        replica_db.pair.pause_replay()
+        write_wal(replica_db)
+        vault_faults.release()
+        # the runner turns the HoldTimeout into alembic's CommandError, message unchanged
+        with pytest.raises(CommandError, match=r"^users: held for .* longer than -x hold-timeout"):
+            run.join()
+        stopped_at = committed_batches(watch, "0001_users")
+    assert 2 <= stopped_at < 12
+    assert m.current() is None  # not stamped: a stop like any other
+    report = m.reports[-1]
+    (hold,) = table_summary(report, "users")["throttle"]["holds"]
+    assert (hold["outcome"], hold["reasons"]) == ("timeout", ["replica-lag-bytes"])
+
+    replica_db.pair.resume_replay()
+    replica_db.pair.wait_caught_up()
+    report = m.upgrade("0001_users", **x)
+    summary = table_summary(report, "users")
+    assert summary["resumed_after"] is not None
+    # the primary may not have heard of the catch-up yet: a short hold at most, then it goes on
+    assert all(h["outcome"] == "resumed" for h in summary["throttle"]["holds"])
+    assert m.current() == "0001_users"
     assert_scheme(m.engine, m.vault, "users", data, "new", m.hmac_secret)
