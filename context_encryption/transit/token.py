@@ -1,9 +1,12 @@
 """Keeping the run's Vault token usable: one :class:`TokenKeeper` shared by every worker.
 
 The token is looked up once (``auth/token/lookup-self``). A token with a TTL is renewed
-(``renew-self``) once two thirds of its TTL have passed, when it is renewable; a token that
-cannot be renewed stops the run cleanly shortly before it expires, rather than failing half-way
-through a batch. A token without TTL (root, periodic with ttl 0) needs nothing.
+(``renew-self``) once half of its TTL has passed, when it is renewable: the other half is the
+slack for the requests already in flight when the renewal falls due and for a loaded machine
+whose threads are scheduled late (with a renewal only after two thirds, a 2 s token expired
+mid-run on a busy machine). A token that cannot be renewed stops the run cleanly shortly before
+it expires, rather than failing half-way through a batch. A token without TTL (root, periodic
+with ttl 0) needs nothing.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class TokenKeeper:
             return
         self._expires = now + ttl
         margin = min(self.STOP_MARGIN, ttl / 4)
-        self._next_check = now + (ttl * 2 / 3 if renewable else ttl - margin)
+        self._next_check = now + (ttl / 2 if renewable else ttl - margin)
 
     def _lookup(self, client: Any) -> None:
         try:
