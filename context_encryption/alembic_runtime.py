@@ -26,7 +26,7 @@ from alembic.runtime.migration import MigrationContext, RevisionStep
 
 from context_encryption.catalog import Catalog, load_catalog
 from context_encryption.engine import RunContext
-from context_encryption.errors import ConfigurationError, PreflightError
+from context_encryption.errors import ConfigurationError, PreflightError, VerifyError
 
 RUNTIME_KEY: Final = "context_encryption.runtime"
 #: Optional ``config.attributes`` entry: ``Callable[[Settings], TransitClient]`` (a test seam).
@@ -120,12 +120,9 @@ def current_heads(conn: sa.Connection, version_table: str | None = None) -> tupl
 def current_revision(conn: sa.Connection, catalog: Catalog | None = None) -> str | None:
     """The revision stamped in the version table (None: base, nothing applied).
 
-    Raises :class:`~context_encryption.verify.VerifyError` when the stamp holds several
+    Raises :class:`~context_encryption.errors.VerifyError` when the stamp holds several
     revisions or one this chain does not have.
     """
-    # VerifyError lives in verify.py, which imports this module: imported here, not at the top
-    from context_encryption.verify import VerifyError  # noqa: PLC0415
-
     chain = catalog if catalog is not None else load_catalog()
     rows = current_heads(conn, chain.version_table)
     if not rows:

@@ -34,6 +34,10 @@ class MigrationAborted(ContextEncryptionError):
     """
 
 
+class VerifyError(ContextEncryptionError):
+    """Verification could not run (unknown revision, missing version table rows, ...)."""
+
+
 class RowError(ContextEncryptionError):
     """A single value that cannot be migrated. Carries table, column and primary key only."""
 

@@ -23,9 +23,9 @@ The counting is :func:`tally`, a pure function of the verdicts; the rest of the 
 I/O around it (pages from the database, verdicts from Vault).
 
 Row-level security: a table whose policies apply to the role (PostgreSQL) is refused with
-:class:`VerifyError` (exit 2, "could not verify") rather than checked on the rows the policies
-let through; every read runs with ``row_security = off``, so PostgreSQL raises rather than
-filters even if the policies change while verify runs.
+:class:`~context_encryption.errors.VerifyError` (exit 2, "could not verify") rather than checked
+on the rows the policies let through; every read runs with ``row_security = off``, so PostgreSQL
+raises rather than filters even if the policies change while verify runs.
 
 Plaintexts exist only in memory, one page at a time, to be compared with their companion; the
 report holds counts and primary keys, never a value, a ciphertext or a secret.
@@ -46,7 +46,7 @@ from app_models.specs import Direction, TableSpec
 from context_encryption.alembic_runtime import applied_tables, current_revision
 from context_encryption.catalog import load_catalog
 from context_encryption.engine import read_checkpoints
-from context_encryption.errors import ContextEncryptionError
+from context_encryption.errors import VerifyError
 from context_encryption.row_security import (
     ROW_SECURITY_FIX,
     disable_row_security,
@@ -72,10 +72,6 @@ log = logging.getLogger("context_encryption")
 
 DEFAULT_BATCH: Final = 500
 DEFAULT_MAX_IDS: Final = 20
-
-
-class VerifyError(ContextEncryptionError):
-    """Verification could not run (unknown revision, missing version table rows, ...)."""
 
 
 @dataclass
