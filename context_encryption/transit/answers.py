@@ -1,12 +1,12 @@
 """Reading Vault's answers: error texts out of hvac exceptions and bodies, batch results out of
 a refused batch. Pure: no request is made here.
 
-Vault joins several errors with go-multierror's ``1 error occurred:\\n\\t* `` heading; the
-texts the tool shows drop it. A batch that partly fails makes Vault answer 400 (or 500) with the
-per-item results in the body and no ``errors`` key; hvac raises ``InvalidRequest`` (or
-``InternalServerError``) for it, and :func:`batch_results_of` gives those results back, so a
-failed item is that row's error, not the batch's. Vault's error texts never carry plaintext or
-tokens.
+Vault joins several errors under go-multierror's heading
+(:data:`~context_encryption.vault_texts.MULTIERROR_HEADING`); the texts the tool shows drop it.
+A batch that partly fails makes Vault answer 400 (or 500) with the per-item results in the body
+and no ``errors`` key; hvac raises ``InvalidRequest`` (or ``InternalServerError``) for it, and
+:func:`batch_results_of` gives those results back, so a failed item is that row's error, not the
+batch's. Vault's error texts never carry plaintext or tokens.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any, Final
 
 import requests
 
-#: go-multierror's heading of a one-error list, as Vault's ``errors`` carry it.
-MULTIERROR_HEADING: Final = "1 error occurred:\n\t* "
+from context_encryption.vault_texts import MULTIERROR_HEADING
+
 #: What an item of ``batch_results`` that is not a JSON object is taken for.
 MALFORMED_ITEM: Final = "malformed item"
 #: The most characters of a non-JSON body shown in a message.
