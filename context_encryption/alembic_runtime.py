@@ -8,9 +8,9 @@ What lives here:
   and :func:`ensure_version_table`: the only uses of Alembic internals in the project. Each
   names the Alembic version it was checked against; pyproject.toml pins alembic below the next
   minor release, so a new Alembic is adopted on purpose, after these are checked again;
-* the version stamp as the other commands read it (:func:`current_heads`,
-  :func:`current_revision`, :func:`applied_tables`), from the version table alembic.ini names
-  (:func:`context_encryption.catalog.load_catalog`);
+* the version stamp as the other commands read it (:func:`current_revision`,
+  :func:`applied_tables`), from the version table alembic.ini names, read by
+  :func:`~context_encryption.version_stamp.current_heads` (importable from here too);
 * the run lock (:func:`single_run`): one live run per database.
 """
 
@@ -27,6 +27,22 @@ from alembic.runtime.migration import MigrationContext, RevisionStep
 from context_encryption.catalog import Catalog, load_catalog
 from context_encryption.engine import RunContext
 from context_encryption.errors import ConfigurationError, PreflightError, VerifyError
+from context_encryption.version_stamp import current_heads
+
+__all__ = [
+    "RUNTIME_KEY",
+    "RUN_LOCK_KEY",
+    "TRANSIT_FACTORY_KEY",
+    "applied_tables",
+    "command_steps",
+    "current_heads",
+    "current_revision",
+    "current_runtime",
+    "ensure_version_table",
+    "is_read_only",
+    "is_stamp",
+    "single_run",
+]
 
 RUNTIME_KEY: Final = "context_encryption.runtime"
 #: Optional ``config.attributes`` entry: ``Callable[[Settings], TransitClient]`` (a test seam).
@@ -100,21 +116,6 @@ def ensure_version_table(mc: MigrationContext) -> None:
 # --------------------------------------------------------------------------------------------
 # the version stamp, as commands other than alembic read it (public Alembic API)
 # --------------------------------------------------------------------------------------------
-
-
-def current_heads(conn: sa.Connection, version_table: str | None = None) -> tuple[str, ...]:
-    """Every revision stamped in the version table (empty: base, or no version table yet).
-
-    ``version_table`` defaults to the one alembic.ini names (:func:`load_catalog`). The table is
-    read with SQLAlchemy, as Alembic reads it: ``MigrationContext.configure(...)`` would log
-    "Context impl ..." at INFO on every call, into the output of ``context-encryption verify
-    --verbose`` and the rewrap.
-    """
-    name = version_table if version_table is not None else load_catalog().version_table
-    if not sa.inspect(conn).has_table(name):
-        return ()
-    version = sa.table(name, sa.column("version_num", sa.String))
-    return tuple(str(v) for (v,) in conn.execute(sa.select(version.c.version_num)))
 
 
 def current_revision(conn: sa.Connection, catalog: Catalog | None = None) -> str | None:

@@ -21,7 +21,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 
 from app_models.specs import Direction
-from context_encryption.catalog import load_catalog
+from context_encryption.version_stamp import current_heads
 
 #: How a checkpoint records "no revision applied".
 BASE_STAMP: Final = "base"
@@ -94,11 +94,7 @@ def stamp_text(heads: Sequence[str] | None) -> str:
 
 def read_stamp(conn: sa.Connection) -> str:
     """The current version stamp (:func:`stamp_text`), read from Alembic's version table."""
-    version_table = load_catalog().version_table
-    if not sa.inspect(conn).has_table(version_table):
-        return BASE_STAMP
-    version = sa.table(version_table, sa.column("version_num", sa.String))
-    return stamp_text([str(v) for (v,) in conn.execute(sa.select(version.c.version_num))])
+    return stamp_text(current_heads(conn))
 
 
 def read_checkpoints(conn: sa.Connection) -> list[Checkpoint]:
