@@ -46,11 +46,13 @@ from context_encryption.engine import (
 from context_encryption.engine.rewrap_rows import Notes
 from context_encryption.engine.summary import failure_lines
 from context_encryption.errors import ConfigurationError, MigrationAborted, PreflightError
+from context_encryption.preflight.keys import new_key_problem
+from context_encryption.preflight.report import PreflightReport
 from context_encryption.preflight.versions import scan_table_versions
 from context_encryption.report import write_json_atomically
 from context_encryption.row_security import disable_row_security
 from context_encryption.schemes import new_scheme, old_scheme
-from context_encryption.settings import Settings
+from context_encryption.settings import FLAG_SPELLING, Settings
 from context_encryption.transit import KeyInfo, TransitClient
 
 log = logging.getLogger("context_encryption")
@@ -211,17 +213,19 @@ def target_version(info: KeyInfo, requested: int | None, mount: str) -> int:
 
 
 def read_new_key(transit: TransitClient, settings: Settings) -> KeyInfo:
+    """The new key, as the rewrap pins it; :class:`PreflightError` when it is not usable.
+
+    The check is the rewrap preflight's (:func:`~context_encryption.preflight.keys.new_key_problem`,
+    direction ``rewrap``), and so is the message: the same text whether the preflight or this
+    read finds the problem. Options are named as ``context-encryption rewrap`` takes them.
+    """
     info = transit.read_key(settings.new_key)
-    mount = settings.transit_mount
-    if info is None:
-        raise PreflightError(
-            f"the new key {settings.new_key!r} does not exist on mount {mount!r}: check "
-            "VAULT_NEW_KEY / VAULT_TRANSIT_MOUNT (a rewrap only moves values between its versions)"
-        )
-    if not (info.derived and info.convergent):
-        raise PreflightError(
-            f"the new key {settings.new_key!r} is not derived + convergent: check VAULT_NEW_KEY"
-        )
+    problem = new_key_problem(info, settings, "rewrap", FLAG_SPELLING)
+    if problem is not None:
+        report = PreflightReport("rewrap", (), spelling=FLAG_SPELLING)
+        report.add("new key", False, *problem)
+        raise PreflightError(report.message())
+    assert info is not None  # a missing key is a problem: not reached
     return info
 
 
