@@ -236,12 +236,7 @@ def _cmd_preflight(args: argparse.Namespace, settings: Settings) -> int:
             error(NO_DATABASE)
             return EXIT_ERROR
         try:
-            pre = rewrap_preflight(
-                settings,
-                engine=engine,
-                transit_factory=_rewrap_factory(settings),
-                spelling=FLAG_SPELLING,
-            )
+            pre = _rewrap_preflight(settings, engine)
         finally:
             engine.dispose()
         print_preflight(pre, as_json=args.json)
@@ -289,12 +284,7 @@ def _cmd_rewrap(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigurationError(NO_DATABASE)
     report = RewrapReport(settings)
     try:
-        pre = rewrap_preflight(
-            settings,
-            engine=engine,
-            transit_factory=_rewrap_factory(settings),
-            spelling=FLAG_SPELLING,
-        )
+        pre = _rewrap_preflight(settings, engine)
         if not pre.ok:
             report.outcome, report.error = "failed", pre.message()
             error(pre.message())
@@ -326,6 +316,13 @@ def _cmd_rewrap(args: argparse.Namespace, settings: Settings) -> int:
             report.write(settings.report)
     print_rewrap(report, as_json=args.json)
     return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+def _rewrap_preflight(settings: Settings, engine: sa.Engine) -> PreflightReport:
+    """The rewrap's preflight (``preflight --direction rewrap``, and before every ``rewrap``)."""
+    return rewrap_preflight(
+        settings, engine=engine, transit_factory=_rewrap_factory(settings), spelling=FLAG_SPELLING
+    )
 
 
 def _rewrap_factory(settings: Settings) -> Callable[[], TransitClient]:
