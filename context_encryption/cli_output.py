@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any, Final
 
 from context_encryption.preflight import PreflightReport
@@ -34,6 +35,17 @@ def json_text(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2)
 
 
+def show(
+    *, as_json: bool, doc: Callable[[], dict[str, Any]], lines: Callable[[], list[str]]
+) -> None:
+    """Print a report: its JSON document (``doc()``), or its lines of text (``lines()``)."""
+    if as_json:
+        emit(json_text(doc()))
+        return
+    for line in lines():
+        emit(line)
+
+
 # --------------------------------------------------------------------------------------------
 # verify
 # --------------------------------------------------------------------------------------------
@@ -45,11 +57,7 @@ VERIFY_HEADER: Final = (
 
 
 def print_verify(report: VerifyReport, *, as_json: bool) -> None:
-    if as_json:
-        emit(json_text(report.as_dict()))
-        return
-    for line in verify_lines(report):
-        emit(line)
+    show(as_json=as_json, doc=report.as_dict, lines=lambda: verify_lines(report))
 
 
 def verify_lines(report: VerifyReport) -> list[str]:
@@ -137,14 +145,10 @@ def _problem_lines(t: TableResult) -> list[str]:
 def print_preflight(
     report: PreflightReport, *, as_json: bool, scope: PreflightScope | None = None
 ) -> None:
-    if as_json:
-        doc = report.as_dict()
-        if scope is not None:
-            doc.update(scope.as_dict())
-        emit(json_text(doc))
-        return
-    for line in preflight_lines(report, scope):
-        emit(line)
+    def doc() -> dict[str, Any]:
+        return {**report.as_dict(), **(scope.as_dict() if scope is not None else {})}
+
+    show(as_json=as_json, doc=doc, lines=lambda: preflight_lines(report, scope))
 
 
 def preflight_lines(report: PreflightReport, scope: PreflightScope | None = None) -> list[str]:
@@ -163,11 +167,7 @@ def preflight_lines(report: PreflightReport, scope: PreflightScope | None = None
 
 
 def print_rewrap(report: RewrapReport, *, as_json: bool) -> None:
-    if as_json:
-        emit(json_text(report.as_dict()))
-        return
-    for line in rewrap_lines(report):
-        emit(line)
+    show(as_json=as_json, doc=report.as_dict, lines=lambda: rewrap_lines(report))
 
 
 def rewrap_lines(report: RewrapReport) -> list[str]:
