@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from app_models.migration import run_revision
-from app_models.reencrypt import ColumnSpec, Direction, TableSpec
+from app_models.specs import ColumnSpec, Direction, TableSpec
 
 revision = ${repr(up_revision)}
 down_revision = ${repr(down_revision)}

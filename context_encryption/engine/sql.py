@@ -22,7 +22,7 @@ from context_encryption.settings import Settings
 
 
 class TableSql:
-    """Statements of one table (formerly ``reencrypt._Db``)."""
+    """The statements of one table's run, built once from its spec and the database dialect."""
 
     def __init__(self, spec: TableSpec, dialect: str) -> None:
         self.spec = spec
