@@ -11,12 +11,6 @@ from __future__ import annotations
 
 from typing import Final
 
-# -- how Vault joins its error texts -------------------------------------------------------------
-
-#: go-multierror's heading of a one-error list, as Vault's ``errors`` carry it (dropped from the
-#: texts the tool shows).
-MULTIERROR_HEADING: Final = "1 error occurred:\n\t* "
-
 # -- refusals of one ciphertext (decrypt / rewrap items, HTTP 400) --------------------------------
 
 #: AES-GCM could not authenticate: another key, another context, or a damaged value.
@@ -53,6 +47,12 @@ TOO_LARGE_TEXTS: Final = (
     "exceeds allowed",
     "request body too large",
 )
+
+# -- how Vault joins its error texts -------------------------------------------------------------
+
+#: go-multierror's heading of a one-error list, as Vault's ``errors`` carry it (dropped from the
+#: texts the tool shows).
+MULTIERROR_HEADING: Final = "1 error occurred:\n\t* "
 
 
 def is_too_large(text: str) -> bool:
