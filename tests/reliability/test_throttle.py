@@ -496,3 +496,42 @@ def test_sqlite_has_nothing_to_watch_and_pauses_work(tmp_path: Path) -> None:
         t.close()
         engine.dispose()
     assert bg.error is None
+
+
+def test_autovacuum_on_the_table_holds_the_run(replica_db: ReplicaDb, primary: sa.Engine) -> None:
+    """A real autovacuum worker, slowed to a crawl on one table, is seen and held for; the
+    hold ends when the worker is cancelled (and autovacuum switched off for the table)."""
+    if replica_db.pair.origin != "throwaway":
+        pytest.skip("needs the throwaway primary's autovacuum_naptime = 1s")
+    with primary.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE guest_orders WITH (autovacuum_vacuum_threshold = 0, "
+                "autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_cost_delay = 100, "
+                "autovacuum_vacuum_cost_limit = 1) AS "
+                "SELECT g AS id, repeat('x', 200) AS note FROM generate_series(1, 20000) g"
+            )
+        )
+        conn.execute(sa.text("DELETE FROM guest_orders"))
+        until("an autovacuum worker on the table", lambda: bool(read_vacuum(conn, "guest_orders")))
+        t = throttle(primary, ThrottleConfig(max_replica_lag_s=None, max_replica_lag_bytes=None))
+        try:
+            bg = Background(t)
+            until("autovacuum holds the run", bg.holding)
+            conn.execute(sa.text("ALTER TABLE guest_orders SET (autovacuum_enabled = false)"))
+            conn.execute(
+                sa.text(
+                    "SELECT pg_cancel_backend(p.pid) FROM pg_stat_progress_vacuum p "
+                    "WHERE p.relid = 'guest_orders'::regclass"
+                )
+            )
+            bg.join()
+        finally:
+            t.close()
+    assert bg.error is None
+    (hold,) = t.holds()
+    assert (hold["outcome"], hold["reasons"]) == ("resumed", ["autovacuum"])
+    first = hold["first"]
+    assert isinstance(first, list)
+    assert first[0].startswith("autovacuum is working on guest_orders (phase ")
+    assert first[0].endswith("; -x hold-on-autovacuum=true)")

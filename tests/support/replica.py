@@ -158,6 +158,7 @@ def _initdb(bindir: str, datadir: Path, run_as: _RunAs) -> None:
             "wal_level = replica\nmax_wal_senders = 5\nmax_replication_slots = 5\n"
             "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
             "shared_buffers = 32MB\nmax_connections = 50\n"
+            "autovacuum_naptime = 1s\n"  # the autovacuum test waits for a worker
         )
     with (datadir / "pg_hba.conf").open("a") as hba:
         hba.write("host replication all 127.0.0.1/32 trust\n")
