@@ -112,6 +112,7 @@ def test_replay_paused_mid_run_holds_within_one_batch_and_resume_finishes_it(
         workers=1,
         max_replica_lag_bytes="1MB",
         max_replica_lag="0",
+        hold_on_autovacuum="false",  # the throwaway primary's autovacuum wakes every second
     )
     with watching(m.engine) as watch:
         step_until(vault_faults, lambda: committed_batches(watch, "0001_users") >= 2, run.alive)
@@ -147,7 +148,7 @@ def test_a_pause_row_holds_a_live_run_and_its_delete_resumes_it(
     caplog.set_level(logging.INFO, logger="context_encryption")
     data = seed(m.engine, m.vault, "users", sample_rows("users", 400), m.hmac_secret)
     vault_faults.hold(f"{m.vault.mount}/")
-    run = Run(m, "0001_users", batch_size=50, workers=2)
+    run = Run(m, "0001_users", batch_size=50, workers=2, hold_on_autovacuum="false")
     with watching(m.engine) as watch:
         step_until(vault_faults, lambda: committed_batches(watch, "0001_users") >= 1, run.alive)
         watch.execute(
@@ -210,6 +211,7 @@ def test_a_hold_over_the_timeout_stops_the_run_and_the_same_command_resumes_it(
         "workers": 1,
         "max_replica_lag_bytes": "1MB",
         "max_replica_lag": "0",
+        "hold_on_autovacuum": "false",
         "hold_timeout": "500ms",
     }
     run = Run(m, "0001_users", **x)
