@@ -57,6 +57,7 @@ from context_encryption.preflight.rewrap import rewrap_preflight
 from context_encryption.preflight_scope import preflight_scope
 from context_encryption.rewrap import RewrapReport, rewrap_tables
 from context_encryption.settings import FLAG_SPELLING, Settings, load_settings, option_help
+from context_encryption.throttle_config import THROTTLE_OPTIONS, throttle_help
 from context_encryption.transit import RequestLimits, TokenKeeper, TransitClient
 from context_encryption.verify import DEFAULT_MAX_IDS, verify
 
@@ -139,6 +140,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--report", metavar="PATH", help="write a JSON report of the run to PATH")
     r.add_argument("--workers", metavar="N", help=option_help("workers"))
     r.add_argument("--on-error", metavar="abort|skip", help=option_help("on-error"))
+    held = r.add_argument_group("holding on the database's health (as alembic's -x options)")
+    for option in THROTTLE_OPTIONS:
+        held.add_argument(
+            f"--{option.name}",
+            dest=option.name.replace("-", "_"),
+            metavar="VALUE",
+            help=throttle_help(option.name),
+        )
     p = sub.add_parser(
         "preflight",
         parents=[common],
@@ -162,7 +171,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     }
     if getattr(args, "command", None) == "rewrap":
         x["dry-run"] = "true" if args.dry_run else "false"
-        for flag in ("report", "workers", "on-error"):
+        for flag in ("report", "workers", "on-error", *(o.name for o in THROTTLE_OPTIONS)):
             value = getattr(args, flag.replace("-", "_"))
             if value is not None:
                 x[flag] = str(value)

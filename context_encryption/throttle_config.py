@@ -163,13 +163,13 @@ THROTTLE_OPTIONS: Final[tuple[ThrottleOption, ...]] = (
         "batch_target_s",
         _duration(off=True),
         "off",
-        "target time of one batch; the batch size follows it (off: -x batch-size is fixed)",
+        "target time of one batch; the batch size follows it (off: batch-size is fixed)",
     ),
     ThrottleOption(
-        "min-batch-size", "min_batch_size", _size, "10", "smallest batch of -x batch-target"
+        "min-batch-size", "min_batch_size", _size, "10", "smallest batch of batch-target"
     ),
     ThrottleOption(
-        "max-batch-size", "max_batch_size", _size, "10000", "largest batch of -x batch-target"
+        "max-batch-size", "max_batch_size", _size, "10000", "largest batch of batch-target"
     ),
     ThrottleOption(
         "max-replica-lag",

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from context_encryption import cli
 from context_encryption.errors import ConfigurationError
 from context_encryption.settings import FLAG_SPELLING, OPTION_BY_NAME, load_settings
 from context_encryption.throttle_config import (
@@ -155,3 +156,16 @@ def test_the_settings_loader_takes_the_throttle_options() -> None:
         load_settings({"hold-timout": "5min"}, {})
     assert str(err.value).startswith("unknown -x option(s): hold-timout; known: -x db, ")
     assert "-x hold-timeout, -x pause-table" in str(err.value)
+
+
+def test_rewrap_takes_the_throttle_options_as_flags() -> None:
+    args = cli._parser().parse_args(
+        ["rewrap", "--max-replica-lag-bytes", "64MB", "--hold-timeout", "0", "--batch-target", "1s"]
+    )
+    settings = cli._settings(args)
+    assert settings.throttle == ThrottleConfig(
+        max_replica_lag_bytes=64 * MB, hold_timeout_s=None, batch_target_s=1.0
+    )
+    bad = cli._parser().parse_args(["rewrap", "--hold-timeout", "soon"])
+    with pytest.raises(ConfigurationError, match=r"^--hold-timeout='soon' is not a duration"):
+        cli._settings(bad)
