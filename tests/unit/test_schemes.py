@@ -6,6 +6,9 @@ by tests/contract/test_contract.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
+
 import pytest
 
 from app_models.specs import Direction
@@ -15,15 +18,20 @@ from context_encryption.schemes import (
     Kind,
     Scheme,
     Verdict,
+    classify,
     decide,
     explain,
     key_version,
     precheck,
     schemes,
+    trial,
 )
 from context_encryption.settings import load_settings
-from context_encryption.transit import ItemResult
+from context_encryption.transit import DecryptRequest, ItemResult
 from context_encryption.vault_texts import brief_reason, is_too_large
+
+if TYPE_CHECKING:
+    from context_encryption.transit import TransitClient
 
 OLD = Scheme("old", "old-key", contextual=False)
 NEW = Scheme("new", "new-key", contextual=True)
@@ -96,7 +104,9 @@ def test_decide_first_scheme_wins_without_a_trial() -> None:
 
 
 def test_decide_needs_a_trial_when_the_first_failed() -> None:
-    with pytest.raises(ValueError, match="trial"):
+    with pytest.raises(
+        ValueError, match=r"^the first scheme failed: a trial decrypt with the second is needed$"
+    ):
         decide(ItemResult(None, AUTH), None)
 
 
@@ -182,3 +192,205 @@ def test_brief_reason_picks_the_most_actionable_text(errors: tuple[str, str], re
 )
 def test_too_large_refusals_are_told_from_the_others(text: str, too_large: bool) -> None:
     assert is_too_large(text) is too_large
+
+
+# -- explain: the operator's text, whole, for each branch and both directions -----------------
+
+OLD_USERS_EMAIL = "key 'old-key' without context"
+NEW_USERS_EMAIL = "key 'new-key' with context users.email"
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "errors", "text"),
+    [
+        (
+            OLD,
+            NEW,
+            (AUTH, TOO_OLD),
+            "looks already migrated, but its version is below the minimum decryption version of "
+            f"{NEW_USERS_EMAIL} (Vault: disallowed by policy (too old)); lower that key's "
+            "min_decryption_version",
+        ),
+        (
+            NEW,
+            OLD,
+            (MISSING, AUTH),
+            f"cannot be decrypted with {NEW_USERS_EMAIL}: Vault says \"missing 'context' for key "
+            'derivation" — the data may already be context-based, or the key names are swapped '
+            "(check VAULT_OLD_KEY / VAULT_NEW_KEY)",
+        ),
+        (
+            NEW,
+            OLD,
+            (AUTH, AUTH),
+            f"cannot be decrypted with {NEW_USERS_EMAIL} nor with {OLD_USERS_EMAIL} "
+            "(cipher: message authentication failed): another key, another context, or a "
+            "damaged value",
+        ),
+        (
+            OLD,
+            NEW,
+            (NO_PREFIX, TOO_OLD),
+            "Vault says 'invalid ciphertext: no prefix': the value starts with 'vault:' but is "
+            "not Transit ciphertext (damaged, or another format)",
+        ),
+        (
+            NEW,
+            OLD,
+            (TOO_OLD, TOO_OLD),
+            f"its key version is below the minimum decryption version of {NEW_USERS_EMAIL} "
+            "(Vault: disallowed by policy (too old)); lower min_decryption_version with "
+            "vault write <mount>/keys/new-key/config min_decryption_version=<n>",
+        ),
+        (
+            NEW,
+            OLD,
+            ("new text", "other text"),
+            f"unreadable ciphertext: Vault says 'new text' for {NEW_USERS_EMAIL} and "
+            f"'other text' for {OLD_USERS_EMAIL}",
+        ),
+    ],
+)
+def test_explain_whole_text(
+    first: Scheme, second: Scheme, errors: tuple[str, str], text: str
+) -> None:
+    verdict = Verdict(Kind.UNREADABLE, first_error=errors[0], second_error=errors[1])
+    assert explain(verdict, first, second, table="users", column="email") == text
+
+
+def test_explain_without_texts_says_vault_gave_none() -> None:
+    text = explain(Verdict(Kind.UNREADABLE), OLD, NEW, table="users", column="email")
+    assert text == (
+        f"unreadable ciphertext: Vault says '' for {OLD_USERS_EMAIL} and '' for {NEW_USERS_EMAIL}"
+    )
+
+
+def test_explain_too_old_in_the_trial_alone_is_not_already_migrated() -> None:
+    """Both conditions: the expected key refused authentication and the trial's is too old."""
+    assert not _why("something new", TOO_OLD).startswith("looks already migrated")
+    assert _why(MISSING, TOO_OLD).startswith("cannot be decrypted with key 'old-key'")
+
+
+# -- classify / trial: the order of the verdicts, and what is asked of Vault ------------------
+
+
+class TransitTable:
+    """A stand-in for the one TransitClient method classify and trial call (decrypt_batch).
+
+    A lookup table, not a Vault: ``readable[(key, ciphertext, context)]`` is the base64
+    plaintext; anything else gets Vault's authentication failure; ``empty`` ciphertexts get an
+    item with neither value nor error. Each request is recorded.
+    """
+
+    def __init__(
+        self,
+        readable: dict[tuple[str, str, str | None], str],
+        empty: Sequence[str] = (),
+        *,
+        drop_last: bool = False,
+    ) -> None:
+        self.readable = readable
+        self.empty = set(empty)
+        self.drop_last = drop_last
+        self.requests: list[tuple[str, list[DecryptRequest]]] = []
+
+    def decrypt_batch(self, key: str, items: Sequence[DecryptRequest]) -> list[ItemResult]:
+        self.requests.append((key, list(items)))
+        answers = []
+        for item in items:
+            value = self.readable.get((key, item.ciphertext, item.context))
+            if item.ciphertext in self.empty:
+                answers.append(ItemResult(None, None))
+            elif value is None:
+                answers.append(ItemResult(None, AUTH))
+            else:
+                answers.append(ItemResult(value, None))
+        return answers[:-1] if self.drop_last else answers
+
+    def client(self) -> TransitClient:
+        return cast("TransitClient", self)
+
+
+def test_classify_keeps_the_order_of_the_items_across_the_trial() -> None:
+    vault = TransitTable(
+        {
+            ("old-key", "vault:v1:a", None): "YQ==",
+            ("new-key", "vault:v1:b", "users.first_name"): "Yg==",
+            ("old-key", "vault:v1:d", None): "ZA==",
+            ("new-key", "vault:v1:e", "users.email"): "ZQ==",
+        },
+        empty=["vault:v1:f"],
+    )
+    items = [
+        ("email", "vault:v1:a"),
+        ("first_name", "vault:v1:b"),
+        ("email", "vault:v1:c"),
+        ("last_name", "vault:v1:d"),
+        ("email", "vault:v1:e"),
+        ("email", "vault:v1:f"),
+    ]
+    verdicts = classify(vault.client(), "users", items, OLD, NEW)
+    assert verdicts == [
+        Verdict(Kind.FIRST, "YQ=="),
+        Verdict(Kind.SECOND, "Yg==", first_error=AUTH),
+        Verdict(Kind.UNREADABLE, first_error=AUTH, second_error=AUTH),
+        Verdict(Kind.FIRST, "ZA=="),
+        Verdict(Kind.SECOND, "ZQ==", first_error=AUTH),
+        Verdict(Kind.UNREADABLE, first_error=NO_PLAINTEXT, second_error=NO_PLAINTEXT),
+    ]
+    # two requests: every item with the first scheme, then the failed ones with the second
+    assert vault.requests == [
+        ("old-key", [DecryptRequest(ct, None) for _, ct in items]),
+        (
+            "new-key",
+            [
+                DecryptRequest("vault:v1:b", "users.first_name"),
+                DecryptRequest("vault:v1:c", "users.email"),
+                DecryptRequest("vault:v1:e", "users.email"),
+                DecryptRequest("vault:v1:f", "users.email"),
+            ],
+        ),
+    ]
+
+
+def test_classify_needs_no_trial_when_the_first_scheme_reads_everything() -> None:
+    vault = TransitTable({("new-key", "vault:v2:x", "sessions.ip_address"): "eA=="})
+    verdicts = classify(vault.client(), "sessions", [("ip_address", "vault:v2:x")], NEW, OLD)
+    assert verdicts == [Verdict(Kind.FIRST, "eA==")]
+    assert vault.requests == [("new-key", [DecryptRequest("vault:v2:x", "sessions.ip_address")])]
+
+
+def test_classify_and_trial_of_nothing_ask_vault_nothing() -> None:
+    vault = TransitTable({})
+    assert classify(vault.client(), "users", [], OLD, NEW) == []
+    assert trial(vault.client(), "users", [], NEW) == []
+    assert vault.requests == []
+
+
+def test_trial_asks_the_second_scheme_and_keeps_the_first_answers() -> None:
+    vault = TransitTable({("new-key", "vault:v1:b", "invitations.token"): "Yg=="})
+    failed = [
+        ("email", "vault:v1:a", ItemResult(None, TOO_OLD)),
+        ("token", "vault:v1:b", ItemResult(None, MISSING)),
+    ]
+    assert trial(vault.client(), "invitations", failed, NEW) == [
+        Verdict(Kind.UNREADABLE, first_error=TOO_OLD, second_error=AUTH),
+        Verdict(Kind.SECOND, "Yg==", first_error=MISSING),
+    ]
+    assert vault.requests == [
+        (
+            "new-key",
+            [
+                DecryptRequest("vault:v1:a", "invitations.email"),
+                DecryptRequest("vault:v1:b", "invitations.token"),
+            ],
+        )
+    ]
+
+
+def test_trial_refuses_an_answer_with_a_missing_result() -> None:
+    """One answer per item or nothing: a short answer never shifts verdicts onto other values."""
+    vault = TransitTable({}, drop_last=True)
+    failed = [("email", "vault:v1:a", ItemResult(None, AUTH))] * 2
+    with pytest.raises(ValueError, match="zip"):
+        trial(vault.client(), "users", failed, NEW)
