@@ -30,7 +30,7 @@ SAME_KEY = (
 )
 
 
-def message(fn: object, *args: str) -> str:
+def message(fn: object, *args: object) -> str:
     assert callable(fn)
     with pytest.raises(ConfigurationError) as err:
         fn(*args)
