@@ -263,3 +263,8 @@ def test_the_verify_report_json_whole() -> None:
     }
     assert ColumnResult("x", None).as_dict()["ok"] is True
     assert VerifyReport(None, "o", "n", "t", None, True).as_dict()["sampling"] == "all rows"
+
+
+def test_values_too_long_for_vault_count_as_unreadable_each() -> None:
+    res = tallied([item(1, Kind.TOO_LONG), item(2, Kind.TOO_LONG)])
+    assert (res.unreadable, res.problems, res.failing_ids) == (2, 2, ["1", "2"])
