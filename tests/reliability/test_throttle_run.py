@@ -83,6 +83,21 @@ def holding(caplog: pytest.LogCaptureFixture, table: str) -> bool:
     )
 
 
+def holds_nothing(watch: sa.Connection, table: str) -> bool:
+    """No other session holds a lock on ``table`` or a transaction id (every row lock needs
+    one): the batches are committed, the reader and the workers idle. Alembic's connection
+    stays in its revision's transaction (it will hold the stamp), which has written nothing."""
+    locks = watch.execute(
+        sa.text(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE a.datname = current_database() AND l.pid <> pg_backend_pid() "
+            "AND (l.relation = to_regclass(:t) OR l.locktype = 'transactionid')"
+        ),
+        {"t": table},
+    ).scalar_one()
+    return int(locks) == 0
+
+
 def write_wal(replica_db: ReplicaDb) -> None:
     """About 4 MB of WAL, committed in the test's own database."""
     with psycopg.connect(
@@ -126,6 +141,7 @@ def test_replay_paused_mid_run_holds_within_one_batch_and_resume_finishes_it(
         # the batch in flight and the one read ahead (workers=1) finish; no other starts
         assert before <= at_hold <= before + 2, (before, at_hold)
         assert run.alive()
+        assert holds_nothing(watch, "users")
         replica_db.pair.resume_replay()
         report = run.join()
 
