@@ -17,7 +17,6 @@ from typing import Any
 import hvac
 import pytest
 
-from app_models.tables import TABLE_NAMES
 from context_encryption.transit import (
     DecryptRequest,
     EncryptRequest,
@@ -25,17 +24,13 @@ from context_encryption.transit import (
     TransitClient,
     split_ranges,
 )
-from tests.support.migration_fixtures import Migration
-from tests.support.seeding import Plain, assert_scheme, sample_rows, seed
+from tests.support.migration_fixtures import Migration, assert_all_in, seed_tables
+from tests.support.seeding import b64
 from tests.support.tools import subprocess_verify
 from tests.support.vault_fixtures import TIGHT_JSON_STRINGS
 
 #: The tight listener's limit: 23 items of 5 strings (plus 2) fit, 24 do not.
 TIGHT_ITEMS = (TIGHT_JSON_STRINGS - 2) // 5
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode("utf-8")).decode("ascii")
 
 
 # -- splitting, no server ---------------------------------------------------------------------
@@ -183,24 +178,15 @@ def test_a_refusal_halves_the_request_keeps_the_size_and_warns_once(
 # -- the migration, both directions and verify ----------------------------------------------
 
 
-def _seed_all(m: Migration, n: int) -> dict[str, dict[Any, Plain]]:
-    return {t: seed(m.engine, m.vault, t, sample_rows(t, n), m.hmac_secret) for t in TABLE_NAMES}
-
-
-def _assert_all(m: Migration, data: dict[str, dict[Any, Plain]], scheme: str) -> None:
-    for table, expected in data.items():
-        assert_scheme(m.engine, m.vault, table, expected, scheme, m.hmac_secret)
-
-
 def test_split_requests_migrate_every_value_to_its_own_row_both_ways(
     migration: Migration,
 ) -> None:
-    data = _seed_all(migration, 41)
+    data = seed_tables(migration, {}, default=41)
     x = {"vault_batch_items": 4, "batch_size": 17, "workers": 3}
 
     report = migration.upgrade("head", **x)
     assert report["outcome"] == "completed"
-    _assert_all(migration, data, "new")
+    assert_all_in(migration, data, "new")
     users = next(t for t in report["tables"] if t["table"] == "users")
     assert users["vault_requests"] >= 41 * 3 * 2 // 4  # really split
 
@@ -210,7 +196,7 @@ def test_split_requests_migrate_every_value_to_its_own_row_both_ways(
 
     report = migration.downgrade("base", **x)
     assert report["outcome"] == "completed"
-    _assert_all(migration, data, "old")
+    assert_all_in(migration, data, "old")
 
 
 def test_a_server_tighter_than_the_defaults_still_migrates_everything_both_ways(
@@ -218,20 +204,17 @@ def test_a_server_tighter_than_the_defaults_still_migrates_everything_both_ways(
 ) -> None:
     """Every setting at its default, against a listener that refuses 24 items with context."""
     tight = _tight(vault_server)
-    data = {
-        t: seed(migration.engine, migration.vault, t, sample_rows(t, 30), migration.hmac_secret)
-        for t in ("users", "guest_orders")
-    }
+    data = seed_tables(migration, {"users": 30, "guest_orders": 30})
     caplog.set_level(logging.WARNING, logger="context_encryption")
     report = migration.upgrade("0003_guest_orders", vault_addr=tight)
     assert report["outcome"] == "completed"
     refusals = [r for r in caplog.records if "vault-batch-items=" in r.getMessage()]
     assert len(refusals) == 1, "one warning per run, with the setting that avoids it"
-    _assert_all(migration, data, "new")
+    assert_all_in(migration, data, "new")
     caplog.clear()
     report = migration.downgrade("base", vault_addr=tight)
     assert report["outcome"] == "completed"
-    _assert_all(migration, data, "old")
+    assert_all_in(migration, data, "old")
 
 
 def test_vaults_500_for_too_many_items_is_halved_never_retried_unchanged(
@@ -241,22 +224,14 @@ def test_vaults_500_for_too_many_items_is_halved_never_retried_unchanged(
 
     The retry policy retries 5xx; this 500 must instead split the request, once each.
     """
-    data = {
-        "users": seed(
-            migration.engine,
-            migration.vault,
-            "users",
-            sample_rows("users", 60),
-            migration.hmac_secret,
-        )
-    }
+    data = seed_tables(migration, {"users": 60})
     vault_faults.set(max_batch_items=40)
     caplog.set_level(logging.INFO, logger="context_encryption")
 
     report = migration.upgrade("0001_users")
 
     assert report["outcome"] == "completed"
-    _assert_all(migration, data, "new")
+    assert_all_in(migration, data, "new")
     messages = [r.getMessage() for r in caplog.records]
     assert not [m for m in messages if "retry" in m and "HTTP 500" in m], "retried unchanged"
     refusals = [m for m in messages if "vault-batch-items=37" in m]

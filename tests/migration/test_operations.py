@@ -14,27 +14,27 @@ from alembic.util import CommandError
 from app_models.tables import metadata
 from context_encryption.alembic_runtime import RUN_LOCK_KEY, current_heads, current_revision
 from context_encryption.catalog import load_catalog
-from tests.support.migration_fixtures import Migration
+from tests.support.migration_fixtures import Migration, seed_tables
 from tests.support.seeding import assert_scheme, sample_rows, seed, snapshot
 
-TABLE_NAMES = load_catalog().tables
+TABLES = load_catalog().tables
 
 
 def seed_all(m: Migration, n: int = 8) -> dict[str, dict[object, dict[str, str | None]]]:
-    return {t: seed(m.engine, m.vault, t, sample_rows(t, n), m.hmac_secret) for t in TABLE_NAMES}
+    return seed_tables(m, {}, default=n)
 
 
 def test_dry_run_reports_true_counts_and_changes_nothing(migration: Migration) -> None:
     seed_all(migration)
-    before = snapshot(migration.engine, TABLE_NAMES)
+    before = snapshot(migration.engine, TABLES)
     report = migration.upgrade("head", dry_run="true")
     assert report["outcome"] == "dry-run"
-    assert [t["table"] for t in report["tables"]] == list(TABLE_NAMES)
+    assert [t["table"] for t in report["tables"]] == list(TABLES)
     assert all(t["dry_run"] and t["rows_scanned"] == 8 for t in report["tables"])
     users = report["tables"][0]
     assert users["columns"]["email"]["migrated"] + users["columns"]["email"]["null"] == 8
     assert all(t["rows_written"] == 0 for t in report["tables"])
-    assert snapshot(migration.engine, TABLE_NAMES) == before
+    assert snapshot(migration.engine, TABLES) == before
     assert migration.current() is None
 
 
@@ -44,7 +44,7 @@ def test_dry_run_fails_when_a_live_run_would(migration: Migration) -> None:
     with migration.engine.begin() as conn:
         pk = conn.execute(sa.select(sa.func.max(inv.c.id))).scalar_one()
         conn.execute(sa.update(inv).where(inv.c.id == pk).values(token="plain token"))
-    before = snapshot(migration.engine, TABLE_NAMES)
+    before = snapshot(migration.engine, TABLES)
     with pytest.raises(CommandError) as err:
         migration.upgrade("head", dry_run="true")
     message = str(err.value)
@@ -52,8 +52,8 @@ def test_dry_run_fails_when_a_live_run_would(migration: Migration) -> None:
     assert f"invitations.token id={pk}" in message
     assert "plain token" not in message
     # every table was still previewed, and nothing changed
-    assert len(migration.reports[-1]["tables"]) == len(TABLE_NAMES)
-    assert snapshot(migration.engine, TABLE_NAMES) == before
+    assert len(migration.reports[-1]["tables"]) == len(TABLES)
+    assert snapshot(migration.engine, TABLES) == before
     # with on-error=skip a live run would complete: the dry run says so with exit 0
     report = migration.upgrade("head", dry_run="true", on_error="skip")
     assert report["outcome"] == "dry-run"
@@ -67,13 +67,13 @@ def test_dry_run_previews_exactly_the_listed_tables(migration: Migration) -> Non
 
 def test_live_run_refuses_a_table_filter_it_cannot_honour(migration: Migration) -> None:
     data = seed_all(migration)
-    before = snapshot(migration.engine, TABLE_NAMES)
+    before = snapshot(migration.engine, TABLES)
     with pytest.raises(CommandError) as err:
         migration.upgrade("head", tables="users,invitations")
     message = str(err.value)
     assert "leaves out guest_orders" in message
     assert "alembic upgrade 0002_invitations" in message
-    assert snapshot(migration.engine, TABLE_NAMES) == before
+    assert snapshot(migration.engine, TABLES) == before
     assert migration.current() is None
 
     migration.upgrade("0002_invitations", tables="users,invitations")
@@ -152,7 +152,7 @@ def test_the_version_table_is_the_one_alembic_ini_names(migration: Migration) ->
     command.upgrade(cfg, "0001_users")
     with migration.engine.connect() as conn:
         assert current_heads(conn, "alembic_version_elsewhere") == ("0001_users",)
-        assert not sa.inspect(conn).has_table("alembic_version_encryption")
+        assert not sa.inspect(conn).has_table(load_catalog().version_table)
     assert_scheme(migration.engine, migration.vault, "users", data, "new", migration.hmac_secret)
     command.downgrade(cfg, "base")
     with migration.engine.connect() as conn:

@@ -11,16 +11,16 @@ import pytest
 from alembic.script import ScriptDirectory
 
 from context_encryption.catalog import load_catalog
-from tests.support.migration_fixtures import Migration
+from tests.support.migration_fixtures import Migration, seed_tables
 from tests.support.seeding import Plain, assert_scheme, sample_rows, seed, snapshot
 
 ROWS = 23  # not a multiple of the batch sizes used below
 CATALOG = load_catalog()
-TABLE_NAMES = CATALOG.tables
+TABLES = CATALOG.tables
 
 
 def seed_all(m: Migration, n: int = ROWS) -> dict[str, dict[Any, Plain]]:
-    return {t: seed(m.engine, m.vault, t, sample_rows(t, n), m.hmac_secret) for t in TABLE_NAMES}
+    return seed_tables(m, {}, default=n)
 
 
 def assert_all(m: Migration, data: dict[str, dict[Any, Plain]], new_tables: set[str]) -> None:
@@ -41,9 +41,9 @@ def test_upgrade_head_migrates_every_table(migration: Migration) -> None:
     report = migration.upgrade("head", batch_size=7)
 
     assert migration.current() == "0007_consent_records"
-    assert_all(migration, data, set(TABLE_NAMES))
+    assert_all(migration, data, set(TABLES))
     assert report["outcome"] == "completed"
-    for table in TABLE_NAMES:
+    for table in TABLES:
         t = table_report(report, table)
         assert t["rows_scanned"] == ROWS
         assert t["rows_failed"] == 0
@@ -62,7 +62,7 @@ def test_downgrade_one_then_base(migration: Migration) -> None:
     report = migration.downgrade("-1")
     assert migration.current() == "0006_sessions"
     assert [t["table"] for t in report["tables"]] == ["consent_records"]
-    assert_all(migration, data, set(TABLE_NAMES) - {"consent_records"})
+    assert_all(migration, data, set(TABLES) - {"consent_records"})
 
     migration.downgrade("base")
     assert migration.current() is None
@@ -84,20 +84,20 @@ def test_staged_upgrade_migrates_exactly_the_tables_up_to_the_revision(
     assert snapshot(migration.engine, later) == untouched
 
     migration.upgrade("head")
-    assert_all(migration, data, set(TABLE_NAMES))
+    assert_all(migration, data, set(TABLES))
 
 
 def test_rerun_after_restamp_changes_nothing(migration: Migration) -> None:
     data = seed_all(migration)
     migration.upgrade("head")
-    after_first = snapshot(migration.engine, TABLE_NAMES)
+    after_first = snapshot(migration.engine, TABLES)
 
     migration.stamp("base")
     report = migration.upgrade("head")
 
-    assert snapshot(migration.engine, TABLE_NAMES) == after_first
-    assert_all(migration, data, set(TABLE_NAMES))
-    for table in TABLE_NAMES:
+    assert snapshot(migration.engine, TABLES) == after_first
+    assert_all(migration, data, set(TABLES))
+    for table in TABLES:
         t = table_report(report, table)
         assert t["rows_written"] == 0
         for col in CATALOG.spec(table).columns:
@@ -111,12 +111,12 @@ def test_downgrade_rerun_after_restamp_changes_nothing(migration: Migration) -> 
     data = seed_all(migration, 9)
     migration.upgrade("head")
     migration.downgrade("base")
-    after = snapshot(migration.engine, TABLE_NAMES)
+    after = snapshot(migration.engine, TABLES)
 
     migration.stamp("head")
     report = migration.downgrade("base")
 
-    assert snapshot(migration.engine, TABLE_NAMES) == after
+    assert snapshot(migration.engine, TABLES) == after
     assert_all(migration, data, set())
     assert all(t["rows_written"] == 0 for t in report["tables"])
 

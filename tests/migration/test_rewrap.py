@@ -25,7 +25,7 @@ import hvac
 import pytest
 import sqlalchemy as sa
 
-from app_models.tables import ENCRYPTED_COLUMNS, context_string, metadata
+from app_models.tables import context_string, metadata
 from context_encryption import cli
 from context_encryption.alembic_runtime import RUN_LOCK_KEY
 from context_encryption.transit import RequestLimits, RewrapRequest, TransitClient
@@ -42,7 +42,15 @@ from tests.support.reliability_helpers import (
     step_until,
     wait_no_backends,
 )
-from tests.support.seeding import Plain, assert_scheme, hmac_hex, read_table, sample_rows, seed
+from tests.support.seeding import (
+    Plain,
+    assert_scheme,
+    encrypted_columns,
+    hmac_hex,
+    read_table,
+    sample_rows,
+    seed,
+)
 
 TABLES = ("users", "invitations")
 
@@ -57,7 +65,7 @@ def versions(m: Migration, table: str) -> dict[str, dict[int, int]]:
     """{column: {key version: count}} from the stored prefixes."""
     out: dict[str, dict[int, int]] = {}
     for row in read_table(m.engine, table).values():
-        for col in ENCRYPTED_COLUMNS[table]:
+        for col in encrypted_columns(table):
             value = row[col.name]
             if value is None:
                 continue
@@ -81,7 +89,7 @@ def add_rows_at_latest(m: Migration, table: str, n: int, salt: str) -> dict[Any,
     rows = sample_rows(table, n, salt=salt)
     t = metadata.tables[table]
     values: list[dict[str, Any]] = [{} for _ in rows]
-    for col in ENCRYPTED_COLUMNS[table]:
+    for col in encrypted_columns(table):
         idx = [i for i, r in enumerate(rows) if r[col.name] is not None]
         cts = m.vault.encrypt(
             m.vault.new_key,
@@ -90,12 +98,12 @@ def add_rows_at_latest(m: Migration, table: str, n: int, salt: str) -> dict[Any,
         )
         for i in range(len(rows)):
             values[i][col.name] = None
-            if col.has_hmac:
-                values[i][f"{col.name}_hmac"] = None
+            if col.hmac:
+                values[i][col.hmac] = None
         for i, ct in zip(idx, cts, strict=True):
             values[i][col.name] = ct
-            if col.has_hmac:
-                values[i][f"{col.name}_hmac"] = hmac_hex(m.hmac_secret, rows[i][col.name] or "")
+            if col.hmac:
+                values[i][col.hmac] = hmac_hex(m.hmac_secret, rows[i][col.name] or "")
     if isinstance(t.c.id.type, sa.Uuid):
         for v in values:
             v["id"] = uuid.uuid4()

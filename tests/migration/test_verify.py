@@ -13,7 +13,7 @@ from app_models.tables import metadata
 from context_encryption import cli
 from context_encryption.catalog import load_catalog
 from tests.support.leaks import assert_no_leak, secrets_of
-from tests.support.migration_fixtures import Migration
+from tests.support.migration_fixtures import Migration, seed_tables
 from tests.support.seeding import Plain, sample_rows, seed
 from tests.support.tools import subprocess_verify
 
@@ -23,11 +23,7 @@ SIZES = {"users": 40, "invitations": 25}
 
 
 def seed_all(m: Migration, sizes: dict[str, int] | None = None) -> dict[str, dict[Any, Plain]]:
-    sizes = SIZES if sizes is None else sizes
-    return {
-        t: seed(m.engine, m.vault, t, sample_rows(t, sizes.get(t, 8)), m.hmac_secret)
-        for t in TABLES
-    }
+    return seed_tables(m, SIZES if sizes is None else sizes, default=8)
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -314,8 +310,9 @@ def test_cannot_verify_exits_2(
     assert code == 2
     assert "unknown table(s) userz" in err
     with migration.engine.begin() as conn:
-        conn.execute(sa.text("CREATE TABLE alembic_version_encryption (version_num text)"))
-        conn.execute(sa.text("INSERT INTO alembic_version_encryption VALUES ('9999_other')"))
+        version = load_catalog().version_table
+        conn.execute(sa.text(f"CREATE TABLE {version} (version_num text)"))
+        conn.execute(sa.text(f"INSERT INTO {version} VALUES ('9999_other')"))
     code, _out, err = run(capsys)
     assert code == 2
     assert "not part of this chain" in err

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from context_encryption.alembic_runtime import TRANSIT_FACTORY_KEY
+from context_encryption.alembic_runtime import TRANSIT_FACTORY_KEY, current_heads
 from context_encryption.catalog import load_catalog
 from context_encryption.settings import Settings
 from tests.support.fault_proxy import FaultProxy
@@ -101,11 +101,8 @@ class Migration:
 
     def current(self) -> str | None:
         with self.engine.connect() as conn:
-            if not sa.inspect(conn).has_table("alembic_version_encryption"):
-                return None
-            return conn.execute(
-                sa.text("SELECT version_num FROM alembic_version_encryption")
-            ).scalar()
+            heads = current_heads(conn)
+        return heads[0] if heads else None
 
     def cli(
         self, *args: str, check: bool = True, env: dict[str, str] | None = None
