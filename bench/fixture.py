@@ -329,20 +329,23 @@ def seed(db: BenchDb, vault: Vault, rows: int, hmac_secret: str, distinct: int |
     return time.monotonic() - started
 
 
+def _random_users(db: BenchDb, select: str, sample: int) -> list[Any]:
+    """``sample`` rows of ``SELECT {select} ... ORDER BY random()`` (``u``: users)."""
+    with db.engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.text(f"SELECT {select} ORDER BY random() LIMIT :n"), {"n": sample}
+            ).all()
+        )
+
+
 def verify_sample(db: BenchDb, vault: Vault, hmac_secret: str, sample: int = 200) -> int:
     """Decrypt a sample of migrated rows with the new key; returns how many rows failed.
 
     A row passes when every column decrypts with its context and the email matches its HMAC
     companion. No value is printed.
     """
-    with db.engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT email, email_hmac, first_name, last_name FROM users "
-                "ORDER BY random() LIMIT :n"
-            ),
-            {"n": sample},
-        ).all()
+    rows = _random_users(db, "email, email_hmac, first_name, last_name FROM users", sample)
     emails = vault.decrypt_new("email", [r[0] for r in rows])
     firsts = vault.decrypt_new("first_name", [r[2] for r in rows])
     lasts = vault.decrypt_new("last_name", [r[3] for r in rows])
@@ -372,14 +375,12 @@ def verify_rewrap(
             ),
             {"p": prefix},
         ).scalar_one()
-        rows = conn.execute(
-            sa.text(
-                "SELECT u.email, u.first_name, u.last_name, m.email, m.first_name, m.last_name, "
-                f"u.email_hmac FROM users u JOIN {MIGRATED} m ON m.id = u.id "
-                "ORDER BY random() LIMIT :n"
-            ),
-            {"n": sample},
-        ).all()
+    rows = _random_users(
+        db,
+        "u.email, u.first_name, u.last_name, m.email, m.first_name, m.last_name, "
+        f"u.email_hmac FROM users u JOIN {MIGRATED} m ON m.id = u.id",
+        sample,
+    )
     after = [vault.decrypt_new(c, [r[i] for r in rows]) for i, c in enumerate(COLUMNS)]
     before = [vault.decrypt_new(c, [r[3 + i] for r in rows]) for i, c in enumerate(COLUMNS)]
     bad = 0

@@ -447,6 +447,28 @@ class _Cpu:
         return wall, round(own, 3), vault, proxy
 
 
+def _in_process_point(
+    b: Bench, cpu: _Cpu, *, kind: str, latency_ms: float, rows: int, **fields: Any
+) -> Point:
+    """The point of a run in this process (b, d): ``cpu`` stopped, the proxy's counts (its
+    latency back to 0) and the CPU seconds of this process, OpenBao and the proxy."""
+    seconds, client_cpu, vault_cpu, proxy_cpu = cpu.stop()
+    stats = b.vault.stats()
+    b.vault.latency(0)
+    return Point(
+        kind=kind,
+        latency_ms=latency_ms,
+        rows=rows,
+        seconds=seconds,
+        vault_requests=int(stats["total_requests"]),
+        vault_items=_items(stats),
+        client_cpu_s=client_cpu,
+        vault_cpu_s=vault_cpu,
+        proxy_cpu_s=proxy_cpu,
+        **fields,
+    )
+
+
 def _items(stats: dict[str, Any]) -> int:
     """Transit items the proxy saw (``batch_input`` items; 1 for a single-value request)."""
     items = stats.get("items", {})
@@ -500,22 +522,16 @@ def baseline_run(b: Bench, *, rows: int, latency_ms: float) -> Point:
             with conn.begin():
                 conn.execute(update, new)
             db_s += time.monotonic() - t1
-    seconds, client_cpu, vault_cpu, proxy_cpu = cpu.stop()
-    stats = b.vault.stats()
-    b.vault.latency(0)
-    client.adapter.close()
-    return Point(
+    point = _in_process_point(
+        b,
+        cpu,
         kind="baseline",
         latency_ms=latency_ms,
         rows=rows,
-        seconds=seconds,
-        vault_requests=int(stats["total_requests"]),
-        vault_items=_items(stats),
-        client_cpu_s=client_cpu,
-        vault_cpu_s=vault_cpu,
-        proxy_cpu_s=proxy_cpu,
         extra={"vault_seconds": round(vault_s, 3), "update_commit_seconds": round(db_s, 3)},
     )
+    client.adapter.close()
+    return point
 
 
 def db_only_run(b: Bench, *, rows: int, batch_size: int) -> Point:
@@ -646,9 +662,17 @@ def vault_only_run(
 
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(work, batches))
-    seconds, client_cpu, vault_cpu, proxy_cpu = cpu.stop()
-    stats = b.vault.stats()
-    b.vault.latency(0)
+    point = _in_process_point(
+        b,
+        cpu,
+        kind="vault_only" if workers == 1 else "vault_only_parallel",
+        latency_ms=latency_ms,
+        rows=rows,
+        batch_size=batch_size,
+        workers=workers,
+        vault_batch_items=vault_batch_items,
+        extra={"requests_in_flight_per_client": parallel},
+    )
     for c in clients:
         c.close()
     if limits.max_items != vault_batch_items:
@@ -656,21 +680,7 @@ def vault_only_run(
             f"vault-only run: OpenBao refused requests of {vault_batch_items} items; "
             f"they were halved to {limits.max_items}"
         )
-    return Point(
-        kind="vault_only" if workers == 1 else "vault_only_parallel",
-        latency_ms=latency_ms,
-        rows=rows,
-        seconds=seconds,
-        batch_size=batch_size,
-        workers=workers,
-        vault_batch_items=vault_batch_items,
-        vault_requests=int(stats["total_requests"]),
-        vault_items=_items(stats),
-        client_cpu_s=client_cpu,
-        vault_cpu_s=vault_cpu,
-        proxy_cpu_s=proxy_cpu,
-        extra={"requests_in_flight_per_client": parallel},
-    )
+    return point
 
 
 def py_spy() -> str | None:
@@ -706,8 +716,9 @@ def profile_run(
     out.mkdir(parents=True, exist_ok=True)
     engine_out = out / "engine.txt"
     proxy_out = out / "proxy.txt"
-    spied = subprocess.Popen(
-        [
+
+    def record(to: Path, *target: str) -> list[str]:
+        return [
             spy,
             "record",
             "--format",
@@ -717,10 +728,12 @@ def profile_run(
             "-r",
             "200",
             "-o",
-            str(proxy_out),
-            "--pid",
-            str(b.vault.proxy.pid),
-        ],
+            str(to),
+            *target,
+        ]
+
+    spied = subprocess.Popen(
+        record(proxy_out, "--pid", str(b.vault.proxy.pid)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -733,20 +746,7 @@ def profile_run(
             workers=workers,
             latency_ms=latency_ms,
             vault_batch_items=vault_batch_items,
-            wrap=[
-                spy,
-                "record",
-                "--format",
-                "raw",
-                "--threads",
-                "--gil",
-                "-r",
-                "200",
-                "-o",
-                str(engine_out),
-                "--subprocesses",
-                "--",
-            ],
+            wrap=record(engine_out, "--subprocesses", "--"),
         )
     finally:
         spied.send_signal(2)  # SIGINT: py-spy writes its file and exits

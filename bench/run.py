@@ -295,24 +295,44 @@ def _timed(label: str, fn: Callable[[], Point], repeat: int = 1) -> Point:
     return best
 
 
+def _engine_point(
+    b: Bench,
+    label: str,
+    run: Callable[..., Point],
+    repeat: int,
+    *,
+    rows: int,
+    batch_size: int,
+    workers: int,
+    vault_batch_items: int,
+    latency_ms: float,
+    **extra: Any,
+) -> Point:
+    """``run`` (:func:`engine_run` or :func:`rewrap_run`) with these settings, timed."""
+    return _timed(
+        f"{label}, {rows} rows, batch {batch_size}, {workers} workers, "
+        f"{vault_batch_items} items/request, {latency_ms:g} ms",
+        partial(
+            run,
+            b,
+            rows=rows,
+            batch_size=batch_size,
+            workers=workers,
+            latency_ms=latency_ms,
+            vault_batch_items=vault_batch_items,
+            **extra,
+        ),
+        repeat,
+    )
+
+
 def main_points(b: Bench, args: argparse.Namespace) -> list[Point]:
     n, bs, w, v = args.rows, args.batch_size, args.workers, args.vault_batch_items
+    setting = {"rows": n, "batch_size": bs, "workers": w, "vault_batch_items": v}
     pts: list[Point] = []
     for i, lat in enumerate(args.latencies):
         pts.append(
-            _timed(
-                f"(a) engine, {n} rows, batch {bs}, {w} workers, {v} items/request, {lat:g} ms",
-                partial(
-                    engine_run,
-                    b,
-                    rows=n,
-                    batch_size=bs,
-                    workers=w,
-                    latency_ms=lat,
-                    vault_batch_items=v,
-                ),
-                args.repeat,
-            )
+            _engine_point(b, "(a) engine", engine_run, args.repeat, **setting, latency_ms=lat)
         )
         if i == 0:
             bad = verify_sample(b.db, b.vault, b.hmac_secret)
@@ -322,38 +342,21 @@ def main_points(b: Bench, args: argparse.Namespace) -> list[Point]:
             b.db.keep_migrated()
     if not args.no_direct:
         pts.append(
-            _timed(
-                f"(a) engine straight to OpenBao (no proxy), {n} rows, 0 ms",
-                partial(
-                    engine_run,
-                    b,
-                    rows=n,
-                    batch_size=bs,
-                    workers=w,
-                    latency_ms=0,
-                    vault_batch_items=v,
-                    direct=True,
-                ),
+            _engine_point(
+                b,
+                "(a) engine straight to OpenBao (no proxy)",
+                engine_run,
                 args.repeat,
+                **setting,
+                latency_ms=0,
+                direct=True,
             )
         )
     version = b.vault.rotate_new()
     _step(f"new key rotated: latest version {version}")
     for i, lat in enumerate(args.latencies):
         pts.append(
-            _timed(
-                f"(r) rewrap, {n} rows, batch {bs}, {w} workers, {v} items/request, {lat:g} ms",
-                partial(
-                    rewrap_run,
-                    b,
-                    rows=n,
-                    batch_size=bs,
-                    workers=w,
-                    latency_ms=lat,
-                    vault_batch_items=v,
-                ),
-                args.repeat,
-            )
+            _engine_point(b, "(r) rewrap", rewrap_run, args.repeat, **setting, latency_ms=lat)
         )
         if i == 0:
             bad = verify_rewrap(b.db, b.vault, b.hmac_secret, version)
@@ -368,18 +371,19 @@ def main_points(b: Bench, args: argparse.Namespace) -> list[Point]:
         )
     )
     for lat in args.latencies:
+        vault_alone = partial(
+            vault_only_run,
+            b,
+            rows=n,
+            batch_size=bs,
+            latency_ms=lat,
+            parallel=w,
+            vault_batch_items=v,
+        )
         pts.append(
             _timed(
                 f"(d) Vault alone, serial, batch {bs}, {v} items/request, {lat:g} ms",
-                partial(
-                    vault_only_run,
-                    b,
-                    rows=n,
-                    batch_size=bs,
-                    latency_ms=lat,
-                    parallel=w,
-                    vault_batch_items=v,
-                ),
+                vault_alone,
                 args.repeat,
             )
         )
@@ -387,16 +391,7 @@ def main_points(b: Bench, args: argparse.Namespace) -> list[Point]:
             pts.append(
                 _timed(
                     f"(d') Vault alone, {w} clients, batch {bs}, {lat:g} ms",
-                    partial(
-                        vault_only_run,
-                        b,
-                        rows=n,
-                        batch_size=bs,
-                        latency_ms=lat,
-                        workers=w,
-                        parallel=w,
-                        vault_batch_items=v,
-                    ),
+                    partial(vault_alone, workers=w),
                     args.repeat,
                 )
             )
@@ -413,29 +408,24 @@ def main_points(b: Bench, args: argparse.Namespace) -> list[Point]:
 
 
 def sweep_points(b: Bench, args: argparse.Namespace) -> list[Point]:
-    pts: list[Point] = []
     n = min(args.sweep_rows, args.rows)
-    for lat in args.sweep_latencies:
-        for v in args.sweep_vault_batch_items:
-            for bs in args.sweep_batch_sizes:
-                for w in args.sweep_workers:
-                    pts.append(
-                        _timed(
-                            f"sweep: engine, {n} rows, batch {bs}, {w} workers, "
-                            f"{v} items/request, {lat:g} ms",
-                            partial(
-                                engine_run,
-                                b,
-                                rows=n,
-                                batch_size=bs,
-                                workers=w,
-                                latency_ms=lat,
-                                vault_batch_items=v,
-                            ),
-                            args.sweep_repeat,
-                        )
-                    )
-    return pts
+    return [
+        _engine_point(
+            b,
+            "sweep: engine",
+            engine_run,
+            args.sweep_repeat,
+            rows=n,
+            batch_size=bs,
+            workers=w,
+            vault_batch_items=v,
+            latency_ms=lat,
+        )
+        for lat in args.sweep_latencies
+        for v in args.sweep_vault_batch_items
+        for bs in args.sweep_batch_sizes
+        for w in args.sweep_workers
+    ]
 
 
 def sweep_table(pts: Sequence[Point]) -> str:
