@@ -8,6 +8,8 @@ import base64
 import hashlib
 import hmac
 
+import pytest
+
 from context_encryption.engine.batch import (
     HMAC_UNCHECKABLE,
     NOT_UTF8,
@@ -124,25 +126,27 @@ def test_a_rewrap_names_an_old_scheme_value_and_what_to_do() -> None:
     assert "cGxhaW4=" not in reason
 
 
-def test_a_rewrap_names_a_version_below_min_decryption_version() -> None:
-    verdict = Verdict(
-        Kind.UNREADABLE,
-        first_error="ciphertext or signature version is disallowed by policy (too old)",
-        second_error="cipher: message authentication failed",
-    )
-    assert left_reason(verdict, NEW, OLD, table="users", column="email") == (
-        "its version is below the min_decryption_version of key 'new-key' with context "
-        "users.email (Vault: disallowed by policy (too old))"
-    )
-
-
-def test_a_rewrap_quotes_both_answers_for_an_unreadable_value() -> None:
-    verdict = Verdict(
-        Kind.UNREADABLE,
-        first_error="invalid ciphertext: no prefix",
-        second_error="invalid ciphertext: no prefix",
-    )
-    assert left_reason(verdict, NEW, OLD, table="users", column="email") == (
-        "unreadable: Vault says 'invalid ciphertext: no prefix' for key 'new-key' with context "
-        "users.email and 'invalid ciphertext: no prefix' for key 'old-key' without context"
-    )
+@pytest.mark.parametrize(
+    ("first_error", "second_error", "reason"),
+    [
+        (  # the version is below the new key's min_decryption_version
+            "ciphertext or signature version is disallowed by policy (too old)",
+            "cipher: message authentication failed",
+            "its version is below the min_decryption_version of key 'new-key' with context "
+            "users.email (Vault: disallowed by policy (too old))",
+        ),
+        (  # readable by neither key: both answers are quoted
+            "invalid ciphertext: no prefix",
+            "invalid ciphertext: no prefix",
+            "unreadable: Vault says 'invalid ciphertext: no prefix' for key 'new-key' with "
+            "context users.email and 'invalid ciphertext: no prefix' for key 'old-key' without "
+            "context",
+        ),
+    ],
+    ids=["below_min_decryption_version", "unreadable"],
+)
+def test_a_rewrap_names_why_a_value_is_unreadable(
+    first_error: str, second_error: str, reason: str
+) -> None:
+    verdict = Verdict(Kind.UNREADABLE, first_error=first_error, second_error=second_error)
+    assert left_reason(verdict, NEW, OLD, table="users", column="email") == reason
