@@ -639,12 +639,17 @@ def test_convergent_derived_key_gives_same_ciphertext_per_context(
     assert tool == ItemResult(first, None)
 
 
+def rotated_new_key(vault_client: Any, transit_mount: str) -> dict[str, str]:
+    """Key "new" (derived, convergent) rotated to v2; an encrypt item of users.email for it."""
+    create_key(vault_client, transit_mount, "new", derived=True, convergent_encryption=True)
+    vault_client.secrets.transit.rotate_key("new", mount_point=transit_mount)
+    return {"plaintext": b64("alice@example.com"), "context": USERS_EMAIL_CONTEXT}
+
+
 def test_encrypt_with_key_version_pins_the_prefix_after_rotation(
     vault_client: Any, api: Api, transit_mount: str
 ) -> None:
-    create_key(vault_client, transit_mount, "new", derived=True, convergent_encryption=True)
-    vault_client.secrets.transit.rotate_key("new", mount_point=transit_mount)
-    item = {"plaintext": b64("alice@example.com"), "context": USERS_EMAIL_CONTEXT}
+    item = rotated_new_key(vault_client, transit_mount)
     # the tool pins the version inside each batch item
     answer = api.post(
         f"{transit_mount}/encrypt/new",
@@ -660,9 +665,7 @@ def test_batch_encrypt_ignores_a_top_level_key_version(
     vault_client: Any, api: Api, transit_mount: str
 ) -> None:
     """Why the tool pins ``key_version`` per item: beside ``batch_input`` it is ignored."""
-    create_key(vault_client, transit_mount, "new", derived=True, convergent_encryption=True)
-    vault_client.secrets.transit.rotate_key("new", mount_point=transit_mount)
-    item = {"plaintext": b64("alice@example.com"), "context": USERS_EMAIL_CONTEXT}
+    item = rotated_new_key(vault_client, transit_mount)
     answer = api.post(f"{transit_mount}/encrypt/new", {"batch_input": [item], "key_version": 1})
     assert answer.status == 200
     assert answer.results[0]["ciphertext"].startswith("vault:v2:")
@@ -687,6 +690,14 @@ def test_rewrap_moves_ciphertext_to_the_latest_version(
 # --------------------------------------------------------------------------------------------
 
 
+def version_of(vault_client: Any, flavour: str, what: str) -> tuple[int, int, int]:
+    """The server's version; the test is skipped unless the server is ``flavour``."""
+    found, version = server_identity(vault_client)
+    if found != flavour:
+        pytest.skip(f"{what}; this server is {found}")
+    return version
+
+
 def _batch_with_context(n: int) -> list[dict[str, str]]:
     return [
         {"plaintext": b64(f"user{i}@example.com"), "context": USERS_EMAIL_CONTEXT} for i in range(n)
@@ -696,9 +707,7 @@ def _batch_with_context(n: int) -> list[dict[str, str]]:
 def test_openbao_refuses_250_items_with_context_as_too_complex(
     vault_client: Any, transit_mount: str
 ) -> None:
-    flavour, version = server_identity(vault_client)
-    if flavour != "openbao":
-        pytest.skip(f"OpenBao's max_request_json_strings limit; this server is {flavour}")
+    version = version_of(vault_client, "openbao", "OpenBao's max_request_json_strings limit")
     if version < (2, 4, 1):
         pytest.skip(f"OpenBao {version} predates the JSON complexity limits (2.4.1)")
     expected = (
@@ -745,9 +754,7 @@ def _vault_has_json_limits(version: tuple[int, int, int]) -> bool:
 def test_vault_refuses_more_than_10000_items_with_500(
     vault_client: Any, transit_mount: str
 ) -> None:
-    flavour, version = server_identity(vault_client)
-    if flavour != "vault":
-        pytest.skip(f"HashiCorp Vault's max_json_array_element_count; this server is {flavour}")
+    version = version_of(vault_client, "vault", "HashiCorp Vault's max_json_array_element_count")
     if not _vault_has_json_limits(version):
         pytest.skip(f"Vault {version} predates the JSON limits (1.20.3, backports)")
     create_key(vault_client, transit_mount, "old")

@@ -20,18 +20,15 @@ from pytest_alembic.tests import (
 )
 
 from context_encryption.catalog import load_catalog
-from tests.support.migration_fixtures import Migration
-from tests.support.seeding import assert_scheme, sample_rows, seed
+from tests.support.migration_fixtures import Migration, seed_table
+from tests.support.seeding import assert_scheme
 
 __all__ = ["test_single_head_revision", "test_up_down_consistency", "test_upgrade"]
 
 
 @pytest.fixture
 def seeded(migration: Migration) -> dict[str, dict[Any, Any]]:
-    return {
-        t: seed(migration.engine, migration.vault, t, sample_rows(t, 6), migration.hmac_secret)
-        for t in load_catalog().tables
-    }
+    return {t: seed_table(migration, t, 6) for t in load_catalog().tables}
 
 
 @pytest.fixture

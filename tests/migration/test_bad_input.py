@@ -19,7 +19,7 @@ import pytest
 from alembic.util import CommandError
 
 from app_models.tables import context_string
-from tests.support.migration_fixtures import Migration
+from tests.support.migration_fixtures import Migration, seed_table
 from tests.support.reliability_helpers import (
     encrypt_raw,
     new_ct,
@@ -346,7 +346,7 @@ def test_version_below_min_decryption_version(migration: Migration) -> None:
     m = migration
     client, mount, key = m.vault.client, m.vault.mount, m.vault.old_key
     client.secrets.transit.rotate_key(name=key, mount_point=mount)
-    data = seed(m.engine, m.vault, "invitations", sample_rows("invitations", 12), m.hmac_secret)
+    data = seed_table(m, "invitations", 12)
     pk = sorted(data)[4]
     text = "retired-version value"
     v1 = client.secrets.transit.encrypt_data(
@@ -382,7 +382,7 @@ def test_plaintext_encrypt_policy_edges(migration: Migration, value: str, outcom
     """-x plaintext=encrypt: the empty string is encrypted like any value; a plaintext over
     Vault's 1 MiB limit is that row's error (naming it), not the whole run's."""
     m = migration
-    data = seed(m.engine, m.vault, "notifications", sample_rows("notifications", 30), m.hmac_secret)
+    data = seed_table(m, "notifications", 30)
     pk = sorted(data)[11]
     set_values(m, "notifications", pk, body=value)
     m.upgrade("0004_delivery_addresses")
@@ -403,7 +403,7 @@ def test_bad_input_on_downgrade(migration: Migration) -> None:
     """Downgrade mirrors upgrade: an old-scheme value is already in its target scheme, a damaged
     new-scheme value is that row's error, and the rest of the table goes back to the old key."""
     m = migration
-    data = seed(m.engine, m.vault, "invitations", sample_rows("invitations", 20), m.hmac_secret)
+    data = seed_table(m, "invitations", 20)
     m.upgrade("0002_invitations")
     pks = sorted(data)
     already, damaged, plain = pks[3], pks[9], pks[14]

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from context_encryption.alembic_runtime import RUN_LOCK_KEY
 from context_encryption.catalog import load_catalog
 from tests.support.leaks import assert_no_leak, secrets_of
-from tests.support.migration_fixtures import Migration
+from tests.support.migration_fixtures import Migration, seed_table
 from tests.support.seeding import assert_scheme, sample_rows, seed, snapshot
 
 TABLES = load_catalog().tables
@@ -70,15 +70,7 @@ def test_offline_sql_mode_is_refused(migration: Migration) -> None:
 
 
 def test_unknown_x_option_stops_before_any_work(migration: Migration) -> None:
-    data = {
-        "users": seed(
-            migration.engine,
-            migration.vault,
-            "users",
-            sample_rows("users", 5),
-            migration.hmac_secret,
-        )
-    }
+    data = {"users": seed_table(migration, "users", 5)}
     before = snapshot(migration.engine, ["users"])
     proc = migration.cli("-x", "dry-rum=true", "upgrade", "head", check=False)
     assert proc.returncode != 0
@@ -90,7 +82,7 @@ def test_unknown_x_option_stops_before_any_work(migration: Migration) -> None:
 
 def test_dry_run_writes_nothing_and_stamps_nothing(migration: Migration) -> None:
     for t in TABLES:
-        seed(migration.engine, migration.vault, t, sample_rows(t, 12), migration.hmac_secret)
+        seed_table(migration, t, 12)
     before = snapshot(migration.engine, TABLES)
     proc = migration.cli("-x", "dry-run=true", "upgrade", "head")
     assert "dry run" in proc.stderr

@@ -18,6 +18,7 @@ from context_encryption.engine import PROBE_B64
 from context_encryption.settings import Settings
 from context_encryption.transit import EncryptRequest, ItemResult, TransitClient
 from tests.support.migration_fixtures import Migration
+from tests.support.reliability_helpers import old_ct, set_values
 from tests.support.seeding import assert_scheme, hmac_hex, read_table, sample_rows, seed
 
 invitations = metadata.tables["invitations"]
@@ -31,12 +32,13 @@ def seed_invitations(m: Migration, n: int, salt: str = "") -> dict[Any, Any]:
 
 
 def set_value(m: Migration, pk: Any, **values: str | None) -> None:
-    with m.engine.begin() as conn:
-        conn.execute(sa.update(invitations).where(invitations.c.id == pk).values(**values))
+    set_values(m, "invitations", pk, **values)
 
 
-def old_ct(m: Migration, text: str) -> str:
-    return m.vault.encrypt(m.vault.old_key, [text], [None])[0]
+def repair_token(m: Migration, data: dict[Any, Any], pk: Any) -> None:
+    """The invitation ``pk`` gets a valid old-scheme token ("repaired"), in ``data`` too."""
+    data[pk]["token"] = "repaired"
+    set_value(m, pk, token=old_ct(m, "repaired"), token_hmac=hmac_hex(m.hmac_secret, "repaired"))
 
 
 class HookedTransit(TransitClient):
@@ -170,13 +172,7 @@ def test_abort_leaves_revision_unstamped_and_rerun_resumes(migration: Migration)
     assert stored[bad]["token"] == "not encrypted at all"
 
     # repair the row, re-run: the run resumes after the last committed batch
-    data[bad]["token"] = "repaired"
-    set_value(
-        migration,
-        bad,
-        token=old_ct(migration, "repaired"),
-        token_hmac=hmac_hex(migration.hmac_secret, "repaired"),
-    )
+    repair_token(migration, data, bad)
     report = migration.upgrade("0002_invitations", batch_size=5, workers=1)
     summary = next(t for t in report["tables"] if t["table"] == "invitations")
     assert summary["resumed_after"] == str(pks[14])
@@ -466,13 +462,7 @@ def test_a_resumed_run_keeps_the_key_version_it_started_with(migration: Migratio
 
     client, mount = migration.vault.client, migration.vault.mount
     client.secrets.transit.rotate_key(name=migration.vault.new_key, mount_point=mount)
-    data[bad]["token"] = "repaired"
-    set_value(
-        migration,
-        bad,
-        token=old_ct(migration, "repaired"),
-        token_hmac=hmac_hex(migration.hmac_secret, "repaired"),
-    )
+    repair_token(migration, data, bad)
     report = migration.upgrade("0002_invitations", batch_size=4, workers=1)
 
     summary = next(t for t in report["tables"] if t["table"] == "invitations")

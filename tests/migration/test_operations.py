@@ -14,8 +14,8 @@ from alembic.util import CommandError
 from app_models.tables import metadata
 from context_encryption.alembic_runtime import RUN_LOCK_KEY, current_heads, current_revision
 from context_encryption.catalog import load_catalog
-from tests.support.migration_fixtures import Migration, seed_tables
-from tests.support.seeding import assert_scheme, sample_rows, seed, snapshot
+from tests.support.migration_fixtures import Migration, seed_table, seed_tables
+from tests.support.seeding import assert_scheme, snapshot
 
 TABLES = load_catalog().tables
 
@@ -144,9 +144,7 @@ def test_a_second_live_run_stops_before_any_work(migration: Migration) -> None:
 
 def test_the_version_table_is_the_one_alembic_ini_names(migration: Migration) -> None:
     """alembic.ini's ``version_table`` is the one source of the name (env.py hard-coded it)."""
-    data = seed(
-        migration.engine, migration.vault, "users", sample_rows("users", 3), migration.hmac_secret
-    )
+    data = seed_table(migration, "users", 3)
     cfg = migration.config()
     cfg.set_main_option("version_table", "alembic_version_elsewhere")
     command.upgrade(cfg, "0001_users")

@@ -31,7 +31,7 @@ from context_encryption.alembic_runtime import RUN_LOCK_KEY
 from context_encryption.transit import RequestLimits, RewrapRequest, TransitClient
 from tests.support.fault_proxy import FaultProxy
 from tests.support.leaks import assert_no_leak, secrets_of
-from tests.support.migration_fixtures import ROOT, Migration
+from tests.support.migration_fixtures import ROOT, Migration, seed_table
 from tests.support.reliability_helpers import (
     b64,
     checkpoints,
@@ -46,7 +46,6 @@ from tests.support.seeding import (
     Plain,
     assert_scheme,
     encrypted_columns,
-    hmac_hex,
     read_table,
     sample_rows,
     seed,
@@ -77,39 +76,22 @@ def versions(m: Migration, table: str) -> dict[str, dict[int, int]]:
 
 def migrated(m: Migration, sizes: dict[str, int]) -> dict[str, dict[Any, Plain]]:
     """Seed old-scheme rows, migrate them (new key version 1)."""
-    data = {
-        t: seed(m.engine, m.vault, t, sample_rows(t, n), m.hmac_secret) for t, n in sizes.items()
-    }
+    data = {t: seed_table(m, t, n) for t, n in sizes.items()}
     m.upgrade("0002_invitations")
+    return data
+
+
+def migrated_and_rotated(m: Migration, sizes: dict[str, int]) -> dict[str, dict[Any, Plain]]:
+    """:func:`migrated`, then the new key rotated once (latest version 2)."""
+    data = migrated(m, sizes)
+    rotate(m)
     return data
 
 
 def add_rows_at_latest(m: Migration, table: str, n: int, salt: str) -> dict[Any, Plain]:
     """Rows written by the application after the rotation: new scheme at the latest version."""
     rows = sample_rows(table, n, salt=salt)
-    t = metadata.tables[table]
-    values: list[dict[str, Any]] = [{} for _ in rows]
-    for col in encrypted_columns(table):
-        idx = [i for i, r in enumerate(rows) if r[col.name] is not None]
-        cts = m.vault.encrypt(
-            m.vault.new_key,
-            [rows[i][col.name] or "" for i in idx],
-            [context_string(table, col.name)] * len(idx),
-        )
-        for i in range(len(rows)):
-            values[i][col.name] = None
-            if col.hmac:
-                values[i][col.hmac] = None
-        for i, ct in zip(idx, cts, strict=True):
-            values[i][col.name] = ct
-            if col.hmac:
-                values[i][col.hmac] = hmac_hex(m.hmac_secret, rows[i][col.name] or "")
-    if isinstance(t.c.id.type, sa.Uuid):
-        for v in values:
-            v["id"] = uuid.uuid4()
-    with m.engine.begin() as conn:
-        ids = conn.execute(sa.insert(t).returning(t.c.id), values).scalars().all()
-    return dict(zip(ids, rows, strict=True))
+    return seed(m.engine, m.vault, table, rows, m.hmac_secret, scheme="new")
 
 
 def rewrap(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any], str]:
@@ -178,8 +160,7 @@ def test_rewrap_moves_every_value_to_the_latest_version(
 
 def test_dry_run_changes_nothing(migration: Migration, capsys: pytest.CaptureFixture[str]) -> None:
     m = migration
-    migrated(m, {"users": 30, "invitations": 10})
-    rotate(m)
+    migrated_and_rotated(m, {"users": 30, "invitations": 10})
     before = {t: read_table(m.engine, t) for t in TABLES}
     code, doc, err = rewrap(capsys, "--dry-run")
     assert code == 0, err
@@ -195,8 +176,7 @@ def test_old_scheme_plaintext_and_unreadable_values_are_reported_and_untouched(
     migration: Migration, capsys: pytest.CaptureFixture[str]
 ) -> None:
     m = migration
-    data = migrated(m, {"users": 20})
-    rotate(m)
+    data = migrated_and_rotated(m, {"users": 20})
     pks = sorted(pk for pk, r in data["users"].items() if r["email"] and r["last_name"])
     old_pk, plain_pk, bad_pk = pks[:3]
     old_value = old_ct(m, "written by an old application")
@@ -235,8 +215,7 @@ def test_to_version_is_pinned_and_bounded(
     migration: Migration, capsys: pytest.CaptureFixture[str]
 ) -> None:
     m = migration
-    migrated(m, {"users": 10})
-    rotate(m)
+    migrated_and_rotated(m, {"users": 10})
     rotate(m)
     code, _doc, err = rewrap(capsys, "--to-version", "4")
     assert code == 2
@@ -282,8 +261,7 @@ def test_a_killed_rewrap_resumes_from_its_checkpoint(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     m = migration
-    data = migrated(m, {"users": 400})
-    rotate(m)
+    data = migrated_and_rotated(m, {"users": 400})
     proxy = vault_faults
     proxy.hold(f"{m.vault.mount}/")
     proc, err = popen_rewrap(
@@ -324,8 +302,7 @@ def test_concurrent_writes_are_not_lost(
     migration: Migration, vault_faults: FaultProxy, capsys: pytest.CaptureFixture[str]
 ) -> None:
     m = migration
-    data = migrated(m, {"users": 120})
-    rotate(m)
+    data = migrated_and_rotated(m, {"users": 120})
     first = sorted(data["users"])[:40]  # the first batch, by primary key
     changed = [pk for pk in first if data["users"][pk]["last_name"]][:10]
     proxy = vault_faults
@@ -382,8 +359,7 @@ def test_preflight_rewrap_reports_key_versions_and_capabilities(
     migration: Migration, vault_client: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     m = migration
-    migrated(m, {"users": 20})
-    rotate(m)
+    migrated_and_rotated(m, {"users": 20})
     add_rows_at_latest(m, "users", 3, salt="-v2")
     code, doc = preflight_json(capsys)
     assert code == 0, doc
@@ -428,8 +404,7 @@ def test_a_second_run_is_refused_by_the_run_lock(
     migration: Migration, capsys: pytest.CaptureFixture[str]
 ) -> None:
     m = migration
-    migrated(m, {"users": 10})
-    rotate(m)
+    migrated_and_rotated(m, {"users": 10})
     before = read_table(m.engine, "users")
     with m.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.pg_try_advisory_lock(RUN_LOCK_KEY))).scalar()
@@ -486,7 +461,7 @@ def test_only_applied_tables_are_rewrapped(
     migration: Migration, capsys: pytest.CaptureFixture[str]
 ) -> None:
     m = migration
-    data = {t: seed(m.engine, m.vault, t, sample_rows(t, 8), m.hmac_secret) for t in TABLES}
+    data = {t: seed_table(m, t, 8) for t in TABLES}
     m.upgrade("0001_users")
     rotate(m)
     before = read_table(m.engine, "invitations")

@@ -10,8 +10,8 @@ import sqlalchemy as sa
 
 from app_models.tables import metadata
 from context_encryption.catalog import load_catalog
-from tests.support.migration_fixtures import Migration
-from tests.support.seeding import assert_scheme, sample_rows, seed
+from tests.support.migration_fixtures import Migration, seed_table
+from tests.support.seeding import assert_scheme
 
 
 @pytest.fixture
@@ -31,9 +31,7 @@ def sqlite_migration(
 def test_upgrade_and_downgrade_on_sqlite(sqlite_migration: Migration) -> None:
     m = sqlite_migration
     tables = load_catalog().tables
-    data: dict[str, dict[Any, Any]] = {
-        t: seed(m.engine, m.vault, t, sample_rows(t, 40), m.hmac_secret) for t in tables
-    }
+    data: dict[str, dict[Any, Any]] = {t: seed_table(m, t, 40) for t in tables}
     report = m.upgrade("head", batch_size=16, workers=4)
     assert report["outcome"] == "completed"
     assert m.current() == "0007_consent_records"

@@ -38,15 +38,27 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def error_of(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """The stderr of ``context-encryption args``, which must exit with EXIT_ERROR."""
+    code, _out, err = run(capsys, *args)
+    assert code == cli.EXIT_ERROR
+    return err
+
+
+def output_of(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """The stdout of ``context-encryption args``, which must exit with EXIT_OK."""
+    code, out, _err = run(capsys, *args)
+    assert code == cli.EXIT_OK
+    return out
+
+
 def test_verify_names_the_flags_typed(
     migration: Migration, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _out, err = run(capsys, "verify", "--tables", "invitation")
-    assert code == cli.EXIT_ERROR
+    err = error_of(capsys, "verify", "--tables", "invitation")
     assert "--tables names unknown table(s) invitation" in err
     assert "-x " not in err
-    code, _out, err = run(capsys, "verify", "--batch-size", "abc")
-    assert code == cli.EXIT_ERROR
+    err = error_of(capsys, "verify", "--batch-size", "abc")
     assert "--batch-size='abc' is not a whole number" in err
     assert "-x " not in err
 
@@ -54,8 +66,7 @@ def test_verify_names_the_flags_typed(
 def test_a_vault_address_without_scheme_says_so(
     migration: Migration, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _out, err = run(capsys, "verify", "--vault-addr", "127.0.0.1:8311")
-    assert code == cli.EXIT_ERROR
+    err = error_of(capsys, "verify", "--vault-addr", "127.0.0.1:8311")
     assert "--vault-addr='127.0.0.1:8311': the address needs http:// or https://" in err
     assert "InvalidSchema" not in err and "nothing answers" not in err
 
@@ -188,8 +199,7 @@ def preflight_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int,
 def test_preflight_at_base_has_nothing_to_roll_back(
     migration: Migration, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _err = run(capsys, "preflight", "--direction", "downgrade")
-    assert code == cli.EXIT_OK
+    out = output_of(capsys, "preflight", "--direction", "downgrade")
     assert "nothing to roll back: no revision is applied (base)" in out
     assert "old key" not in out and "capabilities" not in out
     code, doc = preflight_json(capsys, "--direction", "downgrade")
@@ -202,8 +212,7 @@ def test_preflight_checks_exactly_the_tables_alembic_would_touch(
     migration: Migration, capsys: pytest.CaptureFixture[str]
 ) -> None:
     migration.upgrade("0002_invitations")
-    code, out, _err = run(capsys, "preflight")
-    assert code == cli.EXIT_OK
+    out = output_of(capsys, "preflight")
     rest = list(load_catalog().tables[2:])
     assert f"revision 0002_invitations: `alembic upgrade head` would migrate {', '.join(rest)}" in (
         out
@@ -218,8 +227,7 @@ def test_preflight_checks_exactly_the_tables_alembic_would_touch(
     assert doc["tables"] == ["users", "invitations"]
     assert doc["would_touch"] == ["invitations", "users"]  # the order alembic rolls back in
 
-    code, out, _err = run(capsys, "preflight", "--tables", "users")
-    assert code == cli.EXIT_OK
+    out = output_of(capsys, "preflight", "--tables", "users")
     assert "nothing to check" in out and "--tables names none of them" in out
 
     code, doc = preflight_json(capsys, "--tables", "users,sessions")
@@ -230,8 +238,7 @@ def test_preflight_at_head_has_nothing_to_migrate(
     migration: Migration, capsys: pytest.CaptureFixture[str]
 ) -> None:
     migration.upgrade("head")
-    code, out, _err = run(capsys, "preflight")
-    assert code == cli.EXIT_OK
+    out = output_of(capsys, "preflight")
     assert "nothing to migrate: revision 0007_consent_records is the head" in out
 
 
@@ -271,33 +278,25 @@ def test_help_describes_every_settings_flag(
 # --------------------------------------------------------------------------------------------
 
 
-def test_a_report_that_cannot_be_written_is_logged_not_raised(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("in_its_place", [None, "a file where the directory was"])
+def test_a_report_that_cannot_be_written_is_logged_not_raised_nor_its_directory_made(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, in_its_place: str | None
 ) -> None:
     where = tmp_path / "reports"
     where.mkdir()
     path = where / "run.json"
     report = RunReport(load_settings({"report": str(path)}, {}), outcome="completed")
-    where.rmdir()
-    where.write_text("a file where the directory was")  # after the settings were checked
+    where.rmdir()  # after the settings were checked
+    if in_its_place is not None:
+        where.write_text(in_its_place)
     with caplog.at_level(logging.ERROR, logger="context_encryption"):
         assert report.write(str(path)) is False
     assert "the report could not be written to" in caplog.text
     assert "the run itself completed" in caplog.text
-    assert where.read_text() == "a file where the directory was"
-
-
-def test_a_report_is_never_written_into_a_directory_it_had_to_create(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    where = tmp_path / "reports"
-    where.mkdir()
-    path = where / "run.json"
-    report = RunReport(load_settings({"report": str(path)}, {}), outcome="completed")
-    where.rmdir()
-    with caplog.at_level(logging.ERROR, logger="context_encryption"):
-        assert report.write(str(path)) is False
-    assert not where.exists()
+    if in_its_place is None:
+        assert not where.exists()
+    else:
+        assert where.read_text() == in_its_place
 
 
 def test_a_report_replaces_the_old_one_whole(tmp_path: Path) -> None:

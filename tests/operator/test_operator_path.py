@@ -12,16 +12,16 @@ from typing import Any
 import sqlalchemy as sa
 
 from app_models.tables import metadata
-from tests.support.migration_fixtures import Migration
+from tests.support.migration_fixtures import Migration, seed_table
 from tests.support.readme import readme_policy
-from tests.support.seeding import Plain, pks_with, sample_rows, seed
+from tests.support.seeding import Plain, pks_with, seed
 from tests.support.tools import failure, preflight, subprocess_tool, subprocess_verify
 
 invitations = metadata.tables["invitations"]
 
 
 def _seed(m: Migration, n: int = 12) -> dict[Any, Any]:
-    return seed(m.engine, m.vault, "invitations", sample_rows("invitations", n), m.hmac_secret)
+    return seed_table(m, "invitations", n)
 
 
 def _set(m: Migration, pk: Any, **values: str | None) -> None:

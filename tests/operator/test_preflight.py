@@ -27,8 +27,8 @@ from context_encryption.preflight import (
     run_preflight,
 )
 from context_encryption.transit import TransitClient
-from tests.support.migration_fixtures import NEW_KEY, OLD_KEY, Migration
-from tests.support.seeding import pks_with, sample_rows, seed
+from tests.support.migration_fixtures import NEW_KEY, OLD_KEY, Migration, seed_table
+from tests.support.seeding import Plain, pks_with, sample_rows, seed
 from tests.support.tools import failure, preflight, settings_of
 
 
@@ -54,9 +54,7 @@ def policy(vault_client: Any, migration: Migration) -> Iterator[Any]:
 
 
 def test_all_checks_pass_and_report_says_what_it_found(migration: Migration) -> None:
-    seed(
-        migration.engine, migration.vault, "users", sample_rows("users", 30), migration.hmac_secret
-    )
+    seed_table(migration, "users", 30)
     report = preflight(migration)
     assert report.ok
     names = [c.name for c in report.checks]
@@ -232,16 +230,23 @@ def test_old_key_deleted_from_vault_for_downgrade(migration: Migration, vault_cl
     assert f"restore it from its backup: vault write {m}/restore/{OLD_KEY} backup=" in text
 
 
+def users_below_min_decryption_version(
+    migration: Migration, vault_client: Any, n: int
+) -> dict[Any, Plain]:
+    """``n`` seeded users at v1 of the old key, then rotated to v2 and v1 no longer decryptable."""
+    m = migration.vault.mount
+    rows = seed_table(migration, "users", n)
+    t = vault_client.secrets.transit
+    t.rotate_key(name=OLD_KEY, mount_point=m)
+    t.update_key_configuration(name=OLD_KEY, min_decryption_version=2, mount_point=m)
+    return rows
+
+
 def test_min_decryption_version_above_data_versions(
     migration: Migration, vault_client: Any
 ) -> None:
     m = migration.vault.mount
-    rows = seed(
-        migration.engine, migration.vault, "users", sample_rows("users", 12), migration.hmac_secret
-    )
-    t = vault_client.secrets.transit
-    t.rotate_key(name=OLD_KEY, mount_point=m)
-    t.update_key_configuration(name=OLD_KEY, min_decryption_version=2, mount_point=m)
+    rows = users_below_min_decryption_version(migration, vault_client, 12)
     text = failure(migration, tables=("users",))
     n_email = sum(1 for r in rows.values() if r["email"] is not None)
     assert f"users.email: {n_email} value(s) of version v1, below min_decryption_version 2" in text
@@ -263,13 +268,7 @@ def test_version_problems_are_a_warning_with_on_error_skip(
     migration: Migration, vault_client: Any
 ) -> None:
     """The operator chose to skip rows that cannot be migrated: preflight names them only."""
-    m = migration.vault.mount
-    rows = seed(
-        migration.engine, migration.vault, "users", sample_rows("users", 6), migration.hmac_secret
-    )
-    t = vault_client.secrets.transit
-    t.rotate_key(name=OLD_KEY, mount_point=m)
-    t.update_key_configuration(name=OLD_KEY, min_decryption_version=2, mount_point=m)
+    rows = users_below_min_decryption_version(migration, vault_client, 6)
     report = preflight(migration, tables=("users",), on_error="skip")
     assert report.ok
     with_email = sorted(pk for pk, r in rows.items() if r["email"] is not None)
@@ -285,9 +284,7 @@ def test_version_problems_are_a_warning_with_on_error_skip(
 
 def test_version_zero_reads_as_version_one(migration: Migration) -> None:
     """Vault decrypts ``vault:v0:`` as version 1 (legacy), so preflight must not refuse it."""
-    rows = seed(
-        migration.engine, migration.vault, "users", sample_rows("users", 3), migration.hmac_secret
-    )
+    rows = seed_table(migration, "users", 3)
     users = metadata.tables["users"]
     pk = pks_with(rows, "email")[0]
     with migration.engine.begin() as conn:
@@ -308,9 +305,7 @@ def test_already_migrated_values_are_not_counted_as_too_old(
 ) -> None:
     """A re-run: users is in the new scheme (new key v1); the old key was rotated since."""
     m = migration.vault.mount
-    seed(
-        migration.engine, migration.vault, "users", sample_rows("users", 12), migration.hmac_secret
-    )
+    seed_table(migration, "users", 12)
     migration.upgrade("0001_users")
     t = vault_client.secrets.transit
     t.rotate_key(name=OLD_KEY, mount_point=m)
@@ -387,7 +382,7 @@ def test_collect_without_vault_settings(migration: Migration) -> None:
 
 def test_migration_connection_can_be_handed_in(migration: Migration) -> None:
     """env.py may pass its own connection: preflight only reads, inside its transaction."""
-    seed(migration.engine, migration.vault, "users", sample_rows("users", 5), migration.hmac_secret)
+    seed_table(migration, "users", 5)
     settings = settings_of(migration)
     transit = TransitClient.from_settings(settings)
     try:

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from context_encryption.openbao import find_binary
-from tests.support.migration_fixtures import ROOT, Migration
+from tests.support.migration_fixtures import ROOT, Migration, seed_table
 from tests.support.readme import blocks, readme_policy, section
-from tests.support.seeding import assert_scheme, sample_rows, seed
+from tests.support.seeding import assert_scheme
 from tests.support.tools import subprocess_tool
 
 
@@ -32,7 +32,7 @@ def test_a_token_from_exactly_the_readme_policy_passes_the_preflight(
     token = client.auth.token.create(policies=["readme-policy"], no_default_policy=True, ttl="1h")[
         "auth"
     ]["client_token"]
-    seed(migration.engine, migration.vault, "users", sample_rows("users", 5), migration.hmac_secret)
+    seed_table(migration, "users", 5)
     for direction in ("upgrade", "downgrade"):
         proc = subprocess_tool(
             {**migration.env, "VAULT_TOKEN": token}, "preflight", "--direction", direction, "--json"
@@ -71,7 +71,7 @@ def test_the_readme_backup_and_restore_commands_bring_a_deleted_key_back(
     migration: Migration, tmp_path: Path
 ) -> None:
     m = migration
-    data = seed(m.engine, m.vault, "users", sample_rows("users", 12), m.hmac_secret)
+    data = seed_table(m, "users", 12)
     backup_section = section("### Backing up and restoring the keys")
     backup, restore = (
         [line for line in block.splitlines() if line.startswith("vault ")]

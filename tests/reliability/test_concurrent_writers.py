@@ -36,7 +36,7 @@ import pytest
 
 from tests.support.app_writers import COLUMNS, App, Log, Pool, Written, force_changes, make_pool
 from tests.support.fault_proxy import FaultProxy
-from tests.support.migration_fixtures import Migration
+from tests.support.migration_fixtures import Migration, seed_table
 from tests.support.reliability_helpers import (
     AlembicProcess,
     checkpoints,
@@ -44,7 +44,7 @@ from tests.support.reliability_helpers import (
     table_summary,
     watching,
 )
-from tests.support.seeding import hmac_hex, read_table, sample_rows, seed
+from tests.support.seeding import hmac_hex, read_table
 
 #: application operations for each Vault request of the migration
 PACE = 1
@@ -171,7 +171,7 @@ def test_no_lost_update_while_the_application_writes(
     migration: Migration, vault_faults: FaultProxy, direction: str
 ) -> None:
     m = migration
-    seeded = seed(m.engine, m.vault, "invitations", sample_rows("invitations", 2400), m.hmac_secret)
+    seeded = seed_table(m, "invitations", 2400)
     pool = make_pool(m, 300)
     # users is empty; invitations is the table under test
     m.upgrade("0001_users" if direction == "upgrade" else "0002_invitations")

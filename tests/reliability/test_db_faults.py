@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from app_models.tables import metadata
 from tests.support.fault_proxy import FaultProxy
-from tests.support.migration_fixtures import Migration
+from tests.support.migration_fixtures import Migration, seed_table
 from tests.support.reliability_helpers import (
     AlembicProcess,
     checkpoints,
@@ -31,13 +31,13 @@ from tests.support.reliability_helpers import (
     table_summary,
     watching,
 )
-from tests.support.seeding import assert_scheme, read_table, sample_rows, seed
+from tests.support.seeding import assert_scheme, read_table
 
 invitations = metadata.tables["invitations"]
 
 
 def seed_invitations(m: Migration, n: int) -> dict[Any, Any]:
-    return seed(m.engine, m.vault, "invitations", sample_rows("invitations", n), m.hmac_secret)
+    return seed_table(m, "invitations", n)
 
 
 def terminate(m: Migration, pids: list[int] | None = None) -> int:

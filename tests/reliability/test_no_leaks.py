@@ -27,9 +27,9 @@ from psycopg import sql
 
 from context_encryption import cli
 from tests.support.leaks import CliRuns, assert_clean, debug_ini, secret_values
-from tests.support.migration_fixtures import Migration, seed_tables
+from tests.support.migration_fixtures import Migration, seed_table, seed_tables
 from tests.support.reliability_helpers import run_alembic, set_values
-from tests.support.seeding import pks_with, read_table, sample_rows, seed
+from tests.support.seeding import pks_with, read_table
 
 LOGGERS = (
     "",
@@ -234,11 +234,7 @@ def test_plaintext_stored_in_the_database_is_not_logged_at_debug(
     migration: Migration, db_password: str, tmp_path: Path
 ) -> None:
     m = migration
-    data = {
-        "invitations": seed(
-            m.engine, m.vault, "invitations", sample_rows("invitations", 8), m.hmac_secret
-        )
-    }
+    data = {"invitations": seed_table(m, "invitations", 8)}
     planted = "plaintext sitting in the database"
     set_values(m, "invitations", pks_with(data["invitations"], "token", 4)[3], token=planted)
     hidden = secret_values(m, data, db_password)

@@ -50,7 +50,7 @@ from tests.support.reliability_helpers import (
     schemes_of,
     wait_no_backends,
 )
-from tests.support.seeding import assert_scheme, hmac_hex, read_table, snapshot
+from tests.support.seeding import Plain, assert_scheme, hmac_hex, read_table, snapshot
 from tests.support.tools import subprocess_tool
 
 BATCH = "batch-size=20"
@@ -145,20 +145,50 @@ def no_leak(m: Migration, data: Data, *texts: str) -> None:
 SIZES = {"users": 40, "invitations": 200}
 
 
+def stopped_mid_invitations(
+    m: Migration, vault_faults: FaultProxy, start: str, direction: str, *command: str
+) -> tuple[dict[str, dict[Any, Plain]], dict[str, Any], dict[str, Any]]:
+    """Seeded tables upgraded to ``start``, then ``command`` killed mid-invitations in
+    ``direction``: the seeded data, the checkpoint it left and a snapshot of the tables."""
+    data = seed_tables(m, SIZES)
+    ok(cli(m, "-x", BATCH, "upgrade", start))
+    slow_vault(vault_faults, m)
+    cp = kill_mid_table(m, "0002_invitations", direction, "-x", BATCH, "-x", ONE_WORKER, *command)
+    vault_faults.clear()
+    assert current_version(m.engine) == start
+    return data, cp, snapshot(m.engine, TABLES)
+
+
+def assert_untouched(m: Migration, before: dict[str, Any], version: str) -> None:
+    assert snapshot(m.engine, TABLES) == before
+    assert current_version(m.engine) == version
+
+
+def assert_invitations(
+    m: Migration, data: dict[str, dict[Any, Plain]], scheme: str, version: str
+) -> None:
+    assert_scheme(m.engine, m.vault, "invitations", data["invitations"], scheme, m.hmac_secret)
+    assert current_version(m.engine) == version
+
+
+def assert_all_done(
+    m: Migration, data: dict[str, dict[Any, Plain]], command: str, version: str | None
+) -> None:
+    """No checkpoint left; ``alembic command`` then brings every table to ``version``."""
+    assert checkpoints(m.engine) == []
+    ok(cli(m, "-x", BATCH, *command.split()))
+    assert_all_in(m, data, "old" if version is None else "new")
+    assert current_version(m.engine) == version
+
+
 @pytest.mark.parametrize("resolution", ["finish", "undo"])
 def test_a_upgrade_refuses_a_table_a_stopped_downgrade_left_half_old(
     migration: Migration, vault_faults: FaultProxy, resolution: str
 ) -> None:
     m = migration
-    data = seed_tables(m, SIZES)
-    ok(cli(m, "-x", BATCH, "upgrade", "0002_invitations"))
-    slow_vault(vault_faults, m)
-    cp = kill_mid_table(
-        m, "0002_invitations", "downgrade", "-x", BATCH, "-x", ONE_WORKER, "downgrade", "base"
+    data, cp, before = stopped_mid_invitations(
+        m, vault_faults, "0002_invitations", "downgrade", "downgrade", "base"
     )
-    vault_faults.clear()
-    assert current_version(m.engine) == "0002_invitations"
-    before = snapshot(m.engine, TABLES)
 
     # the issue's command: it would have stamped head over a half-downgraded invitations
     text = refused(cli(m, "-x", BATCH, "upgrade", "head"))
@@ -172,26 +202,20 @@ def test_a_upgrade_refuses_a_table_a_stopped_downgrade_left_half_old(
     assert "a downgrade stopped after id=" in refused(
         cli(m, "-x", "dry-run=true", "upgrade", "head")
     )
-    assert snapshot(m.engine, TABLES) == before
-    assert current_version(m.engine) == "0002_invitations"
+    assert_untouched(m, before, "0002_invitations")
 
     if resolution == "finish":
         p = ok(cli(m, "-x", BATCH, "downgrade", "0001_users"))
         assert f"invitations: resuming downgrade after id={cp['last_pk']}" in p.stderr
-        assert_scheme(m.engine, m.vault, "invitations", data["invitations"], "old", m.hmac_secret)
-        assert current_version(m.engine) == "0001_users"
+        assert_invitations(m, data, "old", "0001_users")
     else:
         ok(cli(m, "stamp", "0001_users"))
         p = ok(cli(m, "-x", BATCH, "upgrade", "0002_invitations"))
         assert "resuming" not in p.stderr
         assert "a downgrade of 0002_invitations stopped after id=" in p.stderr
         assert "processes the whole table from its first row" in p.stderr
-        assert_scheme(m.engine, m.vault, "invitations", data["invitations"], "new", m.hmac_secret)
-        assert current_version(m.engine) == "0002_invitations"
-    assert checkpoints(m.engine) == []
-    ok(cli(m, "-x", BATCH, "upgrade", "head"))
-    assert_all_in(m, data, "new")
-    assert current_version(m.engine) == "0007_consent_records"
+        assert_invitations(m, data, "new", "0002_invitations")
+    assert_all_done(m, data, "upgrade head", "0007_consent_records")
 
 
 @pytest.mark.parametrize("resolution", ["finish", "undo"])
@@ -199,15 +223,9 @@ def test_b_downgrade_refuses_a_table_a_stopped_upgrade_left_half_new(
     migration: Migration, vault_faults: FaultProxy, resolution: str
 ) -> None:
     m = migration
-    data = seed_tables(m, SIZES)
-    ok(cli(m, "-x", BATCH, "upgrade", "0001_users"))
-    slow_vault(vault_faults, m)
-    cp = kill_mid_table(
-        m, "0002_invitations", "upgrade", "-x", BATCH, "-x", ONE_WORKER, "upgrade", "head"
+    data, cp, before = stopped_mid_invitations(
+        m, vault_faults, "0001_users", "upgrade", "upgrade", "head"
     )
-    vault_faults.clear()
-    assert current_version(m.engine) == "0001_users"
-    before = snapshot(m.engine, TABLES)
 
     # the issue's command: it would have rolled users back and stamped base over invitations
     text = refused(cli(m, "-x", BATCH, "downgrade", "base"))
@@ -218,23 +236,18 @@ def test_b_downgrade_refuses_a_table_a_stopped_upgrade_left_half_new(
         text
     )
     assert "an upgrade stopped after id=" in refused(cli(m, "downgrade", "-1"))
-    assert snapshot(m.engine, TABLES) == before
-    assert current_version(m.engine) == "0001_users"
+    assert_untouched(m, before, "0001_users")
 
     if resolution == "finish":
         p = ok(cli(m, "-x", BATCH, "upgrade", "0002_invitations"))
         assert f"invitations: resuming upgrade after id={cp['last_pk']}" in p.stderr
-        assert_scheme(m.engine, m.vault, "invitations", data["invitations"], "new", m.hmac_secret)
+        assert_invitations(m, data, "new", "0002_invitations")
     else:
         p = ok(cli(m, "stamp", "0002_invitations"))
         p = ok(cli(m, "-x", BATCH, "downgrade", "0001_users"))
         assert "an upgrade of 0002_invitations stopped after id=" in p.stderr
-        assert_scheme(m.engine, m.vault, "invitations", data["invitations"], "old", m.hmac_secret)
-        assert current_version(m.engine) == "0001_users"
-    assert checkpoints(m.engine) == []
-    ok(cli(m, "-x", BATCH, "downgrade", "base"))
-    assert_all_in(m, data, "old")
-    assert current_version(m.engine) is None
+        assert_invitations(m, data, "old", "0001_users")
+    assert_all_done(m, data, "downgrade base", None)
 
 
 def drop_checkpoint_stamp(m: Migration) -> None:

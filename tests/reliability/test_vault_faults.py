@@ -35,7 +35,14 @@ from context_encryption.preflight import collect_preflight
 from context_encryption.settings import load_settings
 from context_encryption.transit import TransitClient
 from tests.support.fault_proxy import FaultProxy
-from tests.support.migration_fixtures import NEW_KEY, OLD_KEY, Migration, assert_all_in, seed_tables
+from tests.support.migration_fixtures import (
+    NEW_KEY,
+    OLD_KEY,
+    Migration,
+    assert_all_in,
+    seed_table,
+    seed_tables,
+)
 from tests.support.reliability_helpers import (
     checkpoints,
     committed_batches,
@@ -314,7 +321,7 @@ def test_authentication_failure_is_never_retried(
     migration: Migration, vault_faults: FaultProxy, on_error: str
 ) -> None:
     m = migration
-    data = seed(m.engine, m.vault, "invitations", sample_rows("invitations", 30), m.hmac_secret)
+    data = seed_table(m, "invitations", 30)
     # a row with a non-empty email, in the middle of the batch
     with_email = [pk for pk in sorted(data) if data[pk]["email"]]
     assert len(with_email) >= 10, "the seeded rows lack emails"
@@ -368,13 +375,18 @@ def test_authentication_failure_is_never_retried(
 # --------------------------------------------------------------------------------------------
 
 
-def _child_token(m: Migration, *, renewable: bool, ttl: str) -> str:
+def _use_child_token(
+    m: Migration, monkeypatch: pytest.MonkeyPatch, *, renewable: bool, ttl: str
+) -> str:
+    """A new child token, now the run's VAULT_TOKEN."""
     resp = m.vault.client.auth.token.create(policies=["root"], ttl=ttl, renewable=renewable)
-    return str(resp["auth"]["client_token"])
+    token = str(resp["auth"]["client_token"])
+    monkeypatch.setenv("VAULT_TOKEN", token)
+    return token
 
 
 def _slow_users(m: Migration, vault_faults: FaultProxy, n: int = 900) -> dict[Any, Any]:
-    data = seed(m.engine, m.vault, "users", sample_rows("users", n), m.hmac_secret)
+    data = seed_table(m, "users", n)
     vault_faults.set(latency_ms=40, paths=[f"{m.vault.mount}/"])
     return data
 
@@ -384,8 +396,7 @@ def test_renewable_token_expiring_mid_run_is_renewed(
 ) -> None:
     m = migration
     data = _slow_users(m, vault_faults)
-    token = _child_token(m, renewable=True, ttl="2s")
-    monkeypatch.setenv("VAULT_TOKEN", token)
+    token = _use_child_token(m, monkeypatch, renewable=True, ttl="2s")
     started = time.monotonic()
     report = m.upgrade("0001_users", batch_size=20, workers=1)
     # the same token carried the whole run: it was renewed (looked up at once: the run renewed
@@ -438,7 +449,7 @@ def test_non_renewable_short_token_stops_cleanly_and_says_so(
     m = migration
     data = _slow_users(m, vault_faults)
     before = read_table(m.engine, "users")
-    monkeypatch.setenv("VAULT_TOKEN", _child_token(m, renewable=False, ttl="3s"))
+    _use_child_token(m, monkeypatch, renewable=False, ttl="3s")
     how = _short_token_stops_cleanly(m, data, before)
     vault_faults.clear()
     assert how
@@ -492,8 +503,7 @@ def test_token_revoked_mid_run_stops_cleanly_and_says_so(
     """A token that stops working before its TTL says (revoked, or expired on Vault's clock)."""
     m = migration
     data = _slow_users(m, vault_faults)
-    token = _child_token(m, renewable=True, ttl="1h")
-    monkeypatch.setenv("VAULT_TOKEN", token)
+    token = _use_child_token(m, monkeypatch, renewable=True, ttl="1h")
     factory = small_retry_factory(total=2)
     vault_faults.hold(f"{m.vault.mount}/")
     t, errors = in_thread(

@@ -175,13 +175,18 @@ def migration(
     return Migration(app_db, database_url, transit_keys, hmac_secret, env, tmp_path)
 
 
+def seed_table(m: Migration, table: str, n: int) -> dict[Any, Plain]:
+    """``n`` old-scheme rows of :func:`sample_rows` in ``table``; plaintexts by primary key."""
+    return seed(m.engine, m.vault, table, sample_rows(table, n), m.hmac_secret)
+
+
 def seed_tables(
     m: Migration, sizes: Mapping[str, int], default: int = 0
 ) -> dict[str, dict[Any, Plain]]:
     """Old-scheme rows in every table of the chain (``sizes[table]``, else ``default`` rows; a
     table with none stays empty); plaintexts by table, then primary key (:func:`seed`)."""
     return {
-        t: seed(m.engine, m.vault, t, sample_rows(t, n), m.hmac_secret) if n else {}
+        t: seed_table(m, t, n) if n else {}
         for t in load_catalog().tables
         for n in [sizes.get(t, default)]
     }

@@ -25,7 +25,7 @@ from context_encryption.settings import Settings
 from context_encryption.transit import TransitClient, build_retry
 from tests.support.fault_proxy import FaultProxy
 from tests.support.migration_fixtures import ALEMBIC, ROOT, Migration
-from tests.support.seeding import b64, encrypted_columns, read_table
+from tests.support.seeding import b64, encrypted_columns, read_table, values_to_check
 
 __all__ = [
     "ALEMBIC",
@@ -296,11 +296,7 @@ def schemes_of(
     assert set(stored) == set(expected), f"{table}: rows differ"
     out: dict[Any, set[str]] = {pk: set() for pk in stored}
     for col in encrypted_columns(table):
-        pks = [pk for pk in stored if expected[pk][col.name] is not None]
-        for pk in stored:
-            if expected[pk][col.name] is None:
-                assert stored[pk][col.name] is None, f"{table}.{col.name} id={pk}: NULL changed"
-        cts = [stored[pk][col.name] for pk in pks]
+        pks, cts = values_to_check(table, col.name, stored, expected)
         ctx = context_string(table, col.name)
         new = m.vault.decrypt(m.vault.new_key, cts, [ctx] * len(cts))
         rest = [i for i, p in enumerate(new) if p is None]

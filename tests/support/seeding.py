@@ -143,15 +143,26 @@ class Vault:
 
 
 def seed(
-    engine: sa.Engine, vault: Vault, table: str, rows: Sequence[Plain], hmac_secret: str
+    engine: sa.Engine,
+    vault: Vault,
+    table: str,
+    rows: Sequence[Plain],
+    hmac_secret: str,
+    scheme: str = "old",
 ) -> dict[Any, Plain]:
-    """Insert ``rows`` encrypted in the old scheme; returns plaintexts by primary key."""
+    """Insert ``rows`` encrypted in ``scheme`` ("new": the new key's latest version, each
+    column's context); returns plaintexts by primary key."""
+    assert scheme in ("old", "new")
     t = metadata.tables[table]
     values: list[dict[str, Any]] = [{} for _ in rows]
     for col in encrypted_columns(table):
         idx = [i for i, r in enumerate(rows) if r[col.name] is not None]
         texts = [rows[i][col.name] or "" for i in idx]
-        cts = vault.encrypt(vault.old_key, texts, [None] * len(texts))
+        if scheme == "new":
+            ctx = context_string(table, col.name)
+            cts = vault.encrypt(vault.new_key, texts, [ctx] * len(texts))
+        else:
+            cts = vault.encrypt(vault.old_key, texts, [None] * len(texts))
         for i in range(len(rows)):
             values[i][col.name] = None
             if col.hmac:
@@ -179,6 +190,18 @@ def read_table(engine: sa.Engine, table: str) -> dict[Any, dict[str, Any]]:
         return {r.id: dict(r._mapping) for r in conn.execute(sa.select(t).order_by(t.c.id))}
 
 
+def values_to_check(
+    table: str, column: str, stored: Mapping[Any, Plain], expected: Mapping[Any, Plain]
+) -> tuple[list[Any], list[Any]]:
+    """The rows whose expected ``column`` is not NULL and their stored values; fails on a NULL
+    that changed (``stored`` and ``expected`` hold the same rows)."""
+    for pk, row in expected.items():
+        if row[column] is None:
+            assert stored[pk][column] is None, f"{table}.{column} id={pk}: NULL changed"
+    pks = [pk for pk in expected if expected[pk][column] is not None]
+    return pks, [stored[pk][column] for pk in pks]
+
+
 def assert_scheme(
     engine: sa.Engine,
     vault: Vault,
@@ -196,11 +219,7 @@ def assert_scheme(
     stored = read_table(engine, table)
     assert set(stored) == set(expected), f"{table}: rows differ"
     for col in encrypted_columns(table):
-        pks = [pk for pk in expected if expected[pk][col.name] is not None]
-        for pk in expected:
-            if expected[pk][col.name] is None:
-                assert stored[pk][col.name] is None, f"{table}.{col.name} id={pk}: NULL changed"
-        cts = [stored[pk][col.name] for pk in pks]
+        pks, cts = values_to_check(table, col.name, stored, expected)
         assert all(isinstance(c, str) and c.startswith("vault:v") for c in cts)
         ctx = context_string(table, col.name) if scheme == "new" else None
         key = vault.new_key if scheme == "new" else vault.old_key
