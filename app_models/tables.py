@@ -1,32 +1,20 @@
-"""The application's seven tables and the registry of their encrypted columns.
+"""The application's seven tables: its schema (SQLAlchemy Core).
 
 The application owns this schema; the migration chain never creates it. Tests and the demo
 create the tables from :data:`metadata`. Revisions do **not** import these definitions: each
 keeps its own frozen snapshot of the columns it touches, so a later schema change cannot alter
-what an old revision does. :data:`ENCRYPTED_COLUMNS` is the one registry the tests, the demo and
-the tools share.
+what an old revision does. What a revision migrates (its table, encrypted columns and HMAC
+companions) comes from those snapshots, through the catalog
+(:func:`context_encryption.catalog.load_catalog`).
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
-
-
-@dataclass(frozen=True)
-class EncryptedColumn:
-    """An encrypted ``text`` column, optionally with an HMAC companion ``<name>_hmac``."""
-
-    name: str
-    has_hmac: bool = False
-
-    @property
-    def hmac_column(self) -> str | None:
-        return f"{self.name}_hmac" if self.has_hmac else None
 
 
 def _enc(name: str) -> sa.Column[str]:
@@ -121,38 +109,6 @@ consent_records = sa.Table(
     _enc("ip_address"),
     _created_at(),
 )
-
-E = EncryptedColumn
-
-#: Encrypted columns per table, in migration order (the order of the revision chain).
-ENCRYPTED_COLUMNS: dict[str, tuple[EncryptedColumn, ...]] = {
-    "users": (E("email", True), E("first_name"), E("last_name")),
-    "invitations": (E("email", True), E("token", True)),
-    "guest_orders": (
-        E("customer_name"),
-        E("customer_phone", True),
-        E("customer_email", True),
-        E("ip_address"),
-        E("user_agent"),
-    ),
-    "delivery_addresses": (E("full_address"), E("geocoding_result")),
-    "notifications": (E("recipient"), E("body")),
-    "sessions": (E("session_id", True), E("ip_address")),
-    "consent_records": (E("ip_address"),),
-}
-
-#: Revision id of each table's data migration.
-REVISION_OF_TABLE: dict[str, str] = {
-    "users": "0001_users",
-    "invitations": "0002_invitations",
-    "guest_orders": "0003_guest_orders",
-    "delivery_addresses": "0004_delivery_addresses",
-    "notifications": "0005_notifications",
-    "sessions": "0006_sessions",
-    "consent_records": "0007_consent_records",
-}
-
-TABLE_NAMES: tuple[str, ...] = tuple(ENCRYPTED_COLUMNS)
 
 
 def context_string(table: str, column: str) -> str:
