@@ -1,4 +1,5 @@
-"""Tests that kill mutmut's survivors in context_encryption.transit (limits, answers, types).
+"""Tests that kill mutmut's survivors in context_encryption.transit (limits, answers, types,
+retry).
 
 Each test names what the surviving mutant changed; README "Mutation testing" lists the survivors
 left (equivalent mutants) and why. No server: plain values and functions, as in the other unit
@@ -15,12 +16,18 @@ import uuid
 import hvac.exceptions
 import pytest
 import requests
+import requests.adapters
+import urllib3.exceptions
+from urllib3.connectionpool import HTTPConnectionPool
+from urllib3.response import HTTPResponse
+from urllib3.util.retry import RequestHistory
 
 from context_encryption.settings import MAX_VAULT_BATCH_ITEMS
 from context_encryption.transit import (
     ItemResult,
     RequestLimits,
     RequestTooLarge,
+    build_retry,
     send_within_limits,
     split_ranges,
 )
@@ -31,6 +38,7 @@ from context_encryption.transit.answers import (
     error_texts,
 )
 from context_encryption.transit.limits import ITEM_OVERHEAD_BYTES
+from context_encryption.transit.retry import retrying_session
 from context_encryption.transit.types import b64_context
 
 TOO_COMPLEX = "refused JSON input due to high complexity: exceeded maximum number of strings"
@@ -168,3 +176,53 @@ def test_b64_context_of_a_new_context_then_from_the_cache() -> None:
     expected = base64.b64encode(context.encode()).decode()
     assert b64_context(context) == expected
     assert b64_context(context) == expected
+
+
+# -- retry: the policy's settings, the history urllib3 keeps, bodies that are not UTF-8 -------
+
+
+def test_the_retry_policys_other_settings() -> None:
+    retry = build_retry()
+    assert retry.other == 2  # errors neither of connecting nor of reading
+    assert (retry.backoff_factor, retry.backoff_jitter) == (0.25, 0.25)
+    assert build_retry(backoff_factor=1.0).backoff_jitter == 1.0
+
+
+def test_the_session_pools_as_many_connections_as_asked() -> None:
+    session = retrying_session(None, verify=True, pool_size=6)
+    try:
+        adapter = session.get_adapter("https://vault:8200/v1/sys/health")
+        assert isinstance(adapter, requests.adapters.HTTPAdapter)
+        assert adapter.poolmanager.connection_pool_kw["maxsize"] == 6
+    finally:
+        session.close()
+
+
+URL = "/v1/transit/decrypt/pos-encryption-key"
+
+
+def test_each_retry_is_recorded_with_what_urllib3_gave() -> None:
+    answer = HTTPResponse(body=b"{}", status=503, preload_content=True)
+    new = build_retry().increment("POST", URL, response=answer)
+    assert new.history == (RequestHistory("POST", URL, None, 503, None),)
+    error = urllib3.exceptions.ConnectTimeoutError("timed out")
+    new = new.increment("POST", URL, error=error)
+    assert new.history[-1] == RequestHistory("POST", URL, error, None, None)
+
+
+def test_retries_run_out_naming_the_pool() -> None:
+    pool = HTTPConnectionPool("vault", 8200)
+    error = urllib3.exceptions.ConnectTimeoutError("timed out")
+    with pytest.raises(urllib3.exceptions.MaxRetryError) as err:
+        build_retry(total=0).increment("POST", URL, error=error, _pool=pool)
+    assert err.value.pool is pool
+    assert err.value.url == URL
+    pool.close()
+
+
+def test_a_500_whose_body_is_not_utf8_is_retried(caplog: pytest.LogCaptureFixture) -> None:
+    answer = HTTPResponse(body=b"\xff\xfe internal error", status=500, preload_content=True)
+    with caplog.at_level(logging.WARNING, logger="context_encryption"):
+        new = build_retry().increment("POST", URL, response=answer)
+    assert len(new.history) == 1
+    assert caplog.messages == ["Vault request failed (HTTP 500); retry 1 in 0.0s"]
