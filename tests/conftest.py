@@ -16,6 +16,8 @@ migration run as operators do, seeding, the fault proxy); the plugins below load
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue
         if layer in LAYERS:
             item.add_marker(getattr(pytest.mark, layer))
+
+
+@pytest.fixture(autouse=True)
+def _logging_levels_restored() -> Iterator[None]:
+    """Every test starts with the logger levels the session started with.
+
+    An in-process alembic run configures logging from its ini file (``fileConfig``), some tests
+    at DEBUG; left in place, a later test would capture records its own code never asked for
+    (a unit test counting warnings saw a DEBUG line of an earlier test's level).
+    """
+    saved = {logger: (logger.level, logger.propagate, logger.disabled) for logger in _loggers()}
+    yield
+    for logger in _loggers():
+        level, propagate, disabled = saved.get(logger, (logging.NOTSET, True, False))
+        logger.setLevel(level)
+        logger.propagate = propagate
+        logger.disabled = disabled
+
+
+def _loggers() -> list[logging.Logger]:
+    """The root logger and every logger created so far (not the hierarchy's placeholders)."""
+    found = logging.Logger.manager.loggerDict.values()
+    return [logging.getLogger(), *(lg for lg in found if isinstance(lg, logging.Logger))]
