@@ -180,17 +180,16 @@ def classify(
     answers = transit.decrypt_batch(
         first.key, [DecryptRequest(ct, first.context(table, col)) for col, ct in items]
     )
-    verdicts: list[Verdict | None] = [None] * len(items)
-    failed: list[int] = []
-    for i, answer in enumerate(answers):
-        if answer.error is None and answer.value is not None:
-            verdicts[i] = Verdict(Kind.FIRST, answer.value)
-        else:
-            failed.append(i)
-    tried = trial(transit, table, [(*items[i], answers[i]) for i in failed], second)
-    for i, verdict in zip(failed, tried, strict=True):
-        verdicts[i] = verdict
-    return [v for v in verdicts if v is not None]
+    if len(answers) != len(items):  # never passed on: each verdict must be its item's
+        raise ValueError(f"{len(answers)} answers to {len(items)} decrypt items")
+    verdicts = [Verdict(Kind.FIRST, a.value) if _read(a) else None for a in answers]
+    failed = [i for i, v in enumerate(verdicts) if v is None]
+    tried = iter(trial(transit, table, [(*items[i], answers[i]) for i in failed], second))
+    return [v if v is not None else next(tried) for v in verdicts]
+
+
+def _read(answer: ItemResult) -> bool:
+    return answer.error is None and answer.value is not None
 
 
 def explain(verdict: Verdict, first: Scheme, second: Scheme, *, table: str, column: str) -> str:

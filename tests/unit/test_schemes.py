@@ -394,3 +394,11 @@ def test_trial_refuses_an_answer_with_a_missing_result() -> None:
     failed = [("email", "vault:v1:a", ItemResult(None, AUTH))] * 2
     with pytest.raises(ValueError, match="zip"):
         trial(vault.client(), "users", failed, NEW)
+
+
+def test_classify_refuses_a_short_first_answer() -> None:
+    """A first answer with an item missing is refused, never classified as fewer values."""
+    vault = TransitTable({("old-key", "vault:v1:a", None): "YQ=="}, drop_last=True)
+    items = [("email", "vault:v1:a"), ("email", "vault:v1:b")]
+    with pytest.raises(ValueError, match="1 answers to 2 decrypt items"):
+        classify(vault.client(), "users", items, OLD, NEW)
