@@ -27,7 +27,7 @@
 Every default is a no-op on a primary without standbys or replication slots: nothing holds
 unless autovacuum works on the table or an operator asks for a pause. Messages follow
 ``settings.py``: they start with the option as the user gave it and never show a secret (there
-is none here).
+is none here). Sizes and booleans are parsed by :mod:`.setting_values`' own parsers.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from dataclasses import dataclass, fields
 from typing import Final
 
 from context_encryption.errors import ConfigurationError
+from context_encryption.setting_values import Parser, int_between, parse_bool
 
 #: The size bounds of the target mode (the largest is settings.MAX_BATCH_SIZE's value).
 SMALLEST_BATCH: Final = 1
@@ -69,14 +70,8 @@ _DURATION = re.compile(rf"^\s*{_NUMBER}\s*(ms|s|sec|min|m|h)?\s*$", re.IGNORECAS
 _SECONDS = {"ms": 0.001, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
 _BYTES = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib|tb|tib)?\s*$", re.IGNORECASE)
 _BYTE_FACTOR = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-_INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
 _OFF = {"off", "none", "0"}
-
-#: ``(label, raw) -> value``; ``label`` is the option as the user gave it (``-x hold-timeout``).
-Parser = Callable[[str, str], object]
 
 
 def _duration(*, off: bool) -> Parser:
@@ -114,24 +109,8 @@ def _bytes(label: str, raw: str) -> int | None:
     return value or None
 
 
-def _size(label: str, raw: str) -> int:
-    if not _INTEGER.match(raw):
-        raise ConfigurationError(f"{label}={raw!r} is not a whole number")
-    value = int(raw.strip())
-    if not SMALLEST_BATCH <= value <= LARGEST_BATCH:
-        raise ConfigurationError(
-            f"{label}={value} is out of range ({SMALLEST_BATCH} to {LARGEST_BATCH})"
-        )
-    return value
-
-
-def _bool(label: str, raw: str) -> bool:
-    low = raw.strip().lower()
-    if low in _TRUE:
-        return True
-    if low in _FALSE:
-        return False
-    raise ConfigurationError(f"{label}={raw!r} is not a boolean; use true or false")
+#: A batch size of the target mode (``min-batch-size``, ``max-batch-size``).
+_size = int_between(SMALLEST_BATCH, LARGEST_BATCH)
 
 
 def _pause_table(label: str, raw: str) -> str | None:
@@ -188,7 +167,7 @@ THROTTLE_OPTIONS: Final[tuple[ThrottleOption, ...]] = (
     ThrottleOption(
         "hold-on-autovacuum",
         "hold_on_autovacuum",
-        _bool,
+        parse_bool,
         "true",
         "hold while autovacuum works on the table",
     ),
