@@ -33,15 +33,10 @@ from context_encryption.health import (
     read_standbys,
     read_vacuum,
 )
+from context_encryption.pause_control import release_pause, request_pause
 from context_encryption.preflight import collect_preflight
 from context_encryption.settings import Settings
-from context_encryption.throttle import (
-    HoldTimeout,
-    Throttle,
-    preflight_messages,
-    release_pause,
-    request_pause,
-)
+from context_encryption.throttle import HoldTimeout, Throttle, preflight_messages
 from context_encryption.throttle_config import DEFAULT_PAUSE_TABLE, ThrottleConfig
 from tests.support.replica import ReplicaDb
 

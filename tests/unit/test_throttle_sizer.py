@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from context_encryption.throttle import BatchSizer
+from context_encryption.batch_sizer import BatchSizer
 
 
 def run(sizer: BatchSizer, cost: Callable[[int], float], batches: int) -> list[int]:
