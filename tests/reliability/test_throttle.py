@@ -8,6 +8,7 @@ with a bound.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -20,7 +21,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -33,25 +33,17 @@ from context_encryption.health import (
     read_standbys,
     read_vacuum,
 )
-from context_encryption.pause_control import release_pause, request_pause
+from context_encryption.pause_control import ALL_TABLES, release_pause, request_pause
 from context_encryption.preflight import collect_preflight
 from context_encryption.settings import Settings
 from context_encryption.throttle import HoldTimeout, Throttle, preflight_messages
 from context_encryption.throttle_config import DEFAULT_PAUSE_TABLE, ThrottleConfig
+from tests.support.polling import BOUND_S, until
 from tests.support.replica import ReplicaDb
 
 MB = 1024**2
-BOUND_S = 30.0
 #: Checks only the bytes behind, 1 MB.
 BYTES = ThrottleConfig(max_replica_lag_s=None, max_replica_lag_bytes=MB, hold_on_autovacuum=False)
-
-
-def until(what: str, cond: Callable[[], bool], bound: float = BOUND_S) -> None:
-    deadline = time.monotonic() + bound
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {bound}s: {what}")
-        time.sleep(0.02)
 
 
 @dataclass
@@ -97,28 +89,46 @@ def primary(replica_db: ReplicaDb) -> Iterator[sa.Engine]:
         engine.dispose()
 
 
-def write_wal(replica_db: ReplicaDb, mb: int = 4) -> None:
-    """Commit about ``mb`` MB of WAL on the primary."""
-    with psycopg.connect(
-        replica_db.url.set(drivername="postgresql").render_as_string(hide_password=False),
-        autocommit=True,
-    ) as conn:
-        conn.execute(
-            f"CREATE TABLE filler_{uuid.uuid4().hex[:8]} AS "
-            f"SELECT g, repeat('x', 200) AS pad FROM generate_series(1, {mb * 4000}) g"
-        )
-
-
-def lagging(replica_db: ReplicaDb) -> None:
-    """Replay paused on the standby and WAL written on the primary."""
-    replica_db.pair.pause_replay()
-    write_wal(replica_db)
-
-
-def throttle(engine: sa.Engine, config: ThrottleConfig = BYTES, **kw: object) -> Throttle:
+@contextlib.contextmanager
+def started(engine: sa.Engine, config: ThrottleConfig = BYTES, **kw: object) -> Iterator[Throttle]:
+    """A started throttle of ``guest_orders`` (checking every 50 ms), closed at the end."""
     t = Throttle(config, engine, "guest_orders", poll_s=0.05, **kw)  # type: ignore[arg-type]
     t.start()
-    return t
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+def hold_then_release(
+    t: Throttle,
+    what: str,
+    release: Callable[[], object],
+    held: Callable[[Background], bool] = Background.holding,
+) -> None:
+    """``before_batch`` on a thread is ``held`` (``what``, within the bound) until ``release()``
+    lets it go; then it returns, without an error."""
+    bg = Background(t)
+    until(what, lambda: held(bg))
+    assert bg.thread.is_alive(), "before_batch returned before the release"
+    release()
+    bg.join()
+    assert bg.error is None
+
+
+def pause_then_release(
+    t: Throttle,
+    engine: sa.Engine,
+    what: str,
+    scope: str = ALL_TABLES,
+    reason: str | None = None,
+    held: Callable[[Background], bool] = Background.holding,
+) -> None:
+    """A row of the pause table holds ``t`` (:func:`hold_then_release`); its DELETE resumes it."""
+    request_pause(engine, scope, reason, table=DEFAULT_PAUSE_TABLE)
+    hold_then_release(
+        t, what, lambda: release_pause(engine, scope, table=DEFAULT_PAUSE_TABLE), held
+    )
 
 
 # -- the checks -----------------------------------------------------------------------------
@@ -136,7 +146,7 @@ def test_replay_paused_makes_the_bytes_check_red_and_resume_green(
         assert standby.replay_lsn is not None
         assert [s.name for s in read_slots(conn)] == [replica_db.pair.slot]
 
-        lagging(replica_db)
+        replica_db.lag()
         red = checks.red(conn)
         assert [r.check for r in red] == [REPLICA_LAG_BYTES]
         assert red[0].value > MB
@@ -156,7 +166,7 @@ def test_a_stuck_replay_makes_the_seconds_check_red(
     )
     with primary.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         checks = HealthChecks(config, "guest_orders", probe(conn, config))
-        lagging(replica_db)
+        replica_db.lag()
         until("the seconds check turns red", lambda: bool(checks.red(conn)))
         (red,) = checks.red(conn)
         assert red.check == REPLICA_LAG
@@ -177,13 +187,10 @@ def test_autovacuum_query_runs_on_an_idle_table(primary: sa.Engine) -> None:
 
 def test_no_standby_is_a_no_op(db_engine: sa.Engine) -> None:
     """The suite's own primary has no standby: defaults hold on nothing."""
-    t = throttle(db_engine, ThrottleConfig())
-    try:
+    with started(db_engine, ThrottleConfig()) as t:
         assert t.checks.capabilities.messages == ()
         t.before_batch(drain=lambda: pytest.fail("drained without a hold"))
         assert t.holds() == []
-    finally:
-        t.close()
 
 
 def test_the_run_holds_while_replay_is_paused_and_goes_on_after_resume(
@@ -191,9 +198,8 @@ def test_the_run_holds_while_replay_is_paused_and_goes_on_after_resume(
 ) -> None:
     shown = Shown()
     drained = threading.Event()
-    t = throttle(primary, progress=shown)
-    try:
-        lagging(replica_db)
+    with started(primary, progress=shown) as t:
+        replica_db.lag()
         caplog.set_level(logging.INFO, logger="context_encryption")
         worker = threading.Thread(target=t.before_batch, args=(drained.set,), daemon=True)
         worker.start()
@@ -203,8 +209,6 @@ def test_the_run_holds_while_replay_is_paused_and_goes_on_after_resume(
         replica_db.pair.resume_replay()
         worker.join(BOUND_S)
         assert not worker.is_alive()
-    finally:
-        t.close()
     (hold,) = t.holds()
     assert hold["outcome"] == "resumed"
     assert hold["reasons"] == [REPLICA_LAG_BYTES]
@@ -236,13 +240,10 @@ def test_a_hold_longer_than_the_limit_stops_the_run_cleanly(
         hold_on_autovacuum=False,
         hold_timeout_s=0.3,
     )
-    t = throttle(primary, config)
-    try:
-        lagging(replica_db)
+    with started(primary, config) as t:
+        replica_db.lag()
         with pytest.raises(HoldTimeout) as err:
             t.before_batch()
-    finally:
-        t.close()
     message = str(err.value)
     assert message.startswith("guest_orders: held for ")
     assert "longer than -x hold-timeout=0.3s: standby " in message
@@ -254,16 +255,9 @@ def test_a_hold_longer_than_the_limit_stops_the_run_cleanly(
 
 def test_the_run_stop_ends_a_hold(replica_db: ReplicaDb, primary: sa.Engine) -> None:
     stop = threading.Event()
-    t = throttle(primary, stop=stop)
-    try:
-        lagging(replica_db)
-        bg = Background(t)
-        until("the throttle holds", bg.holding)
-        stop.set()
-        bg.join()
-    finally:
-        t.close()
-    assert bg.error is None
+    with started(primary, stop=stop) as t:
+        replica_db.lag()
+        hold_then_release(t, "the throttle holds", stop.set)
     assert t.holds()[0]["outcome"] == "stopped"
 
 
@@ -271,16 +265,8 @@ def test_the_run_stop_ends_a_hold(replica_db: ReplicaDb, primary: sa.Engine) -> 
 
 
 def test_a_pause_request_holds_and_a_resume_releases(db_engine: sa.Engine) -> None:
-    t = throttle(db_engine, ThrottleConfig())
-    try:
-        request_pause(db_engine, "*", "incident 4711", table=DEFAULT_PAUSE_TABLE)
-        bg = Background(t)
-        until("the pause holds the run", bg.holding)
-        release_pause(db_engine, "*", table=DEFAULT_PAUSE_TABLE)
-        bg.join()
-    finally:
-        t.close()
-    assert bg.error is None
+    with started(db_engine, ThrottleConfig()) as t:
+        pause_then_release(t, db_engine, "the pause holds the run", "*", "incident 4711")
     (hold,) = t.holds()
     assert (hold["outcome"], hold["reasons"]) == ("resumed", ["pause"])
     report = t.report()
@@ -295,90 +281,67 @@ def test_a_pause_request_holds_and_a_resume_releases(db_engine: sa.Engine) -> No
 
 
 def test_a_pause_of_another_table_does_not_hold(db_engine: sa.Engine) -> None:
-    t = throttle(db_engine, ThrottleConfig())
-    try:
+    with started(db_engine, ThrottleConfig()) as t:
         request_pause(db_engine, "users", table=DEFAULT_PAUSE_TABLE)
         t.before_batch()
         assert t.holds() == []
-        request_pause(db_engine, "guest_orders", table=DEFAULT_PAUSE_TABLE)
-        bg = Background(t)
-        until("the table's pause holds the run", bg.holding)
-        release_pause(db_engine, "guest_orders", table=DEFAULT_PAUSE_TABLE)
-        bg.join()
-    finally:
-        t.close()
+        pause_then_release(t, db_engine, "the table's pause holds the run", "guest_orders")
 
 
 def test_a_pause_is_not_bounded_by_the_hold_timeout(db_engine: sa.Engine) -> None:
     """An operator's pause lasts until released: hours on the throttle's clock do not stop it."""
     ticks = itertools.count(step=600.0)  # every reading of the clock: ten more minutes
-    t = throttle(
+    with started(
         db_engine,
         ThrottleConfig(hold_timeout_s=60.0),
         clock=lambda: float(next(ticks)),
-    )
-    try:
-        request_pause(db_engine, table=DEFAULT_PAUSE_TABLE)
-        bg = Background(t)
-        until("many polls of the paused run", lambda: next(ticks) > 100 * 600.0)
-        assert bg.thread.is_alive()
-        release_pause(db_engine, table=DEFAULT_PAUSE_TABLE)
-        bg.join()
-    finally:
-        t.close()
-    assert bg.error is None
+    ) as t:
+        pause_then_release(
+            t,
+            db_engine,
+            "many polls of the paused run",
+            held=lambda _bg: next(ticks) > 100 * 600.0,
+        )
     assert t.holds()[0]["outcome"] == "resumed"
 
 
 def test_a_dry_run_does_not_create_the_pause_table(db_engine: sa.Engine) -> None:
-    t = throttle(db_engine, ThrottleConfig(), dry_run=True)
-    try:
+    with started(db_engine, ThrottleConfig(), dry_run=True) as t:
         assert t.start() == [
             "pause control off for this dry run: the table context_encryption_pause does not "
             "exist (a live run creates it)"
         ]
         assert not sa.inspect(db_engine).has_table(DEFAULT_PAUSE_TABLE)
-    finally:
-        t.close()
 
 
 def test_pause_table_off(db_engine: sa.Engine) -> None:
-    t = throttle(db_engine, ThrottleConfig(pause_table=None))
-    try:
+    with started(db_engine, ThrottleConfig(pause_table=None)) as t:
         assert not sa.inspect(db_engine).has_table(DEFAULT_PAUSE_TABLE)
         t.before_batch()
         assert t.holds() == []
-    finally:
-        t.close()
 
 
 # -- the batch's own time -------------------------------------------------------------------
 
 
 def test_a_batch_over_max_batch_time_makes_the_run_rest_as_long(db_engine: sa.Engine) -> None:
-    t = throttle(db_engine, ThrottleConfig(max_batch_time_s=0.05))
-    try:
+    with started(db_engine, ThrottleConfig(max_batch_time_s=0.05)) as t:
         t.after_batch(100, 0.5, transaction_seconds=0.02)
         t.before_batch()
         assert t.holds() == []
         t.after_batch(100, 0.5, transaction_seconds=0.2)
-        started = time.monotonic()
+        began = time.monotonic()
         t.before_batch()
-        assert time.monotonic() - started >= 0.2
-    finally:
-        t.close()
+        assert time.monotonic() - began >= 0.2
     (hold,) = t.holds()
     assert (hold["outcome"], hold["reasons"]) == ("resumed", ["batch-time"])
 
 
 def test_target_mode_sizes_the_batches(db_engine: sa.Engine) -> None:
-    t = throttle(db_engine, ThrottleConfig(batch_target_s=1.0, max_batch_size=2000))
-    try:
+    with started(db_engine, ThrottleConfig(batch_target_s=1.0, max_batch_size=2000)) as t:
         assert t.batch_size == 1000
         assert t.after_batch(1000, 0.1) == 1100
         assert t.after_batch(1100, 5.0) == 880
-    finally:
-        t.close()
 
 
 # -- rights ---------------------------------------------------------------------------------
@@ -393,10 +356,9 @@ def test_a_role_without_monitor_rights_gets_the_checks_off_with_a_message(
         conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
     plain = sa.create_engine(replica_db.url.set(username=role), poolclass=sa.pool.NullPool)
     try:
-        lagging(replica_db)
+        replica_db.lag()
         config = ThrottleConfig(max_replica_lag_bytes=MB, hold_timeout_s=BOUND_S)
-        t = throttle(plain, config)
-        try:
+        with started(plain, config) as t:
             messages = t.start()
             assert messages[:2] == preflight_messages(plain, config)
             preflight = collect_preflight(
@@ -424,21 +386,14 @@ def test_a_role_without_monitor_rights_gets_the_checks_off_with_a_message(
             ]
             t.before_batch()  # replay is paused, but this role cannot see it: no hold
             assert t.holds() == []
-        finally:
-            t.close()
 
         with admin.begin() as conn:
             conn.execute(sa.text(f'GRANT pg_monitor TO "{role}"'))
-        t = throttle(plain, config)
-        try:
+        with started(plain, config) as t:
             assert not [m for m in t.start() if "check off" in m]
-            bg = Background(t)
-            until("the role with pg_monitor sees the lag", bg.holding)
-            replica_db.pair.resume_replay()
-            bg.join()
-        finally:
-            t.close()
-        assert bg.error is None
+            hold_then_release(
+                t, "the role with pg_monitor sees the lag", replica_db.pair.resume_replay
+            )
     finally:
         plain.dispose()
         with admin.begin() as conn:
@@ -448,16 +403,13 @@ def test_a_role_without_monitor_rights_gets_the_checks_off_with_a_message(
 
 
 def test_usr1_pauses_and_usr2_resumes(db_engine: sa.Engine) -> None:
-    t = throttle(db_engine, ThrottleConfig(pause_table=None))  # started on the main thread
-    try:
-        os.kill(os.getpid(), signal.SIGUSR1)
-        bg = Background(t)
-        until("SIGUSR1 holds the run", bg.holding)
+    def resume() -> None:
         os.kill(os.getpid(), signal.SIGUSR2)
-        bg.join()
-    finally:
-        t.close()
-    assert bg.error is None
+
+    # started on the main thread
+    with started(db_engine, ThrottleConfig(pause_table=None)) as t:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        hold_then_release(t, "SIGUSR1 holds the run", resume)
     (hold,) = t.holds()
     assert (hold["outcome"], hold["reasons"]) == ("resumed", ["pause"])
     assert hold["first"] == [
@@ -465,32 +417,20 @@ def test_usr1_pauses_and_usr2_resumes(db_engine: sa.Engine) -> None:
     ]
     # kept for the process: a SIGUSR1 between two tables pauses the next one, never kills
     os.kill(os.getpid(), signal.SIGUSR1)
-    t = throttle(db_engine, ThrottleConfig(pause_table=None))
-    try:
-        bg = Background(t)
-        until("the pause carries over to the next table", bg.holding)
-        os.kill(os.getpid(), signal.SIGUSR2)
-        bg.join()
-    finally:
-        t.close()
+    with started(db_engine, ThrottleConfig(pause_table=None)) as t:
+        hold_then_release(t, "the pause carries over to the next table", resume)
 
 
 def test_sqlite_has_nothing_to_watch_and_pauses_work(tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'demo.db'}", poolclass=sa.pool.NullPool)
-    t = throttle(engine, ThrottleConfig())
     try:
-        assert t.messages == []
-        assert not t.checks.active
-        t.before_batch()
-        request_pause(engine, table=DEFAULT_PAUSE_TABLE)
-        bg = Background(t)
-        until("the pause holds the SQLite run", bg.holding)
-        release_pause(engine, table=DEFAULT_PAUSE_TABLE)
-        bg.join()
+        with started(engine, ThrottleConfig()) as t:
+            assert t.messages == []
+            assert not t.checks.active
+            t.before_batch()
+            pause_then_release(t, engine, "the pause holds the SQLite run")
     finally:
-        t.close()
         engine.dispose()
-    assert bg.error is None
 
 
 def test_autovacuum_on_the_table_holds_the_run(replica_db: ReplicaDb, primary: sa.Engine) -> None:
@@ -499,6 +439,16 @@ def test_autovacuum_on_the_table_holds_the_run(replica_db: ReplicaDb, primary: s
     if replica_db.pair.origin != "throwaway":
         pytest.skip("needs the throwaway primary's autovacuum_naptime = 1s")
     with primary.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+
+        def stop_autovacuum() -> None:
+            conn.execute(sa.text("ALTER TABLE guest_orders SET (autovacuum_enabled = false)"))
+            conn.execute(
+                sa.text(
+                    "SELECT pg_cancel_backend(p.pid) FROM pg_stat_progress_vacuum p "
+                    "WHERE p.relid = 'guest_orders'::regclass"
+                )
+            )
+
         conn.execute(
             sa.text(
                 "CREATE TABLE guest_orders WITH (autovacuum_vacuum_threshold = 0, "
@@ -509,21 +459,9 @@ def test_autovacuum_on_the_table_holds_the_run(replica_db: ReplicaDb, primary: s
         )
         conn.execute(sa.text("DELETE FROM guest_orders"))
         until("an autovacuum worker on the table", lambda: bool(read_vacuum(conn, "guest_orders")))
-        t = throttle(primary, ThrottleConfig(max_replica_lag_s=None, max_replica_lag_bytes=None))
-        try:
-            bg = Background(t)
-            until("autovacuum holds the run", bg.holding)
-            conn.execute(sa.text("ALTER TABLE guest_orders SET (autovacuum_enabled = false)"))
-            conn.execute(
-                sa.text(
-                    "SELECT pg_cancel_backend(p.pid) FROM pg_stat_progress_vacuum p "
-                    "WHERE p.relid = 'guest_orders'::regclass"
-                )
-            )
-            bg.join()
-        finally:
-            t.close()
-    assert bg.error is None
+        config = ThrottleConfig(max_replica_lag_s=None, max_replica_lag_bytes=None)
+        with started(primary, config) as t:
+            hold_then_release(t, "autovacuum holds the run", stop_autovacuum)
     (hold,) = t.holds()
     assert (hold["outcome"], hold["reasons"]) == ("resumed", ["autovacuum"])
     first = hold["first"]

@@ -8,19 +8,19 @@ standby's replay: after the proxy lets go, the run must hold before its next bat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 from alembic.util import CommandError
 
 from tests.support.fault_proxy import FaultProxy
 from tests.support.migration_fixtures import Migration
+from tests.support.polling import until
 from tests.support.reliability_helpers import (
     committed_batches,
     step_until,
@@ -28,9 +28,18 @@ from tests.support.reliability_helpers import (
     watching,
 )
 from tests.support.replica import ReplicaDb
-from tests.support.seeding import assert_scheme, sample_rows, seed
+from tests.support.seeding import Plain, assert_scheme, sample_rows, seed
 
 BOUND_S = 120.0
+#: Hold only while the standby is more than 1 MB behind (autovacuum: the throwaway primary's
+#: wakes every second).
+LAG_BYTES_X: dict[str, object] = {
+    "batch_size": 50,
+    "workers": 1,
+    "max_replica_lag_bytes": "1MB",
+    "max_replica_lag": "0",
+    "hold_on_autovacuum": "false",
+}
 
 
 @pytest.fixture
@@ -39,12 +48,11 @@ def database_url(replica_db: ReplicaDb) -> sa.URL:
     return replica_db.url
 
 
-def until(what: str, cond: Callable[[], bool], bound: float = BOUND_S) -> None:
-    deadline = time.monotonic() + bound
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {bound}s: {what}")
-        time.sleep(0.02)
+@pytest.fixture
+def hold_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """``caplog`` with the tool's INFO lines (a hold is seen in the log)."""
+    caplog.set_level(logging.INFO, logger="context_encryption")
+    return caplog
 
 
 class Run:
@@ -77,10 +85,27 @@ class Run:
         return self.report
 
 
-def holding(caplog: pytest.LogCaptureFixture, table: str) -> bool:
-    return any(
-        r.getMessage().startswith(f"{table}: holding: standby ") for r in list(caplog.records)
-    )
+def logged(caplog: pytest.LogCaptureFixture, start: str) -> bool:
+    """A line that starts with ``start`` was logged."""
+    return any(r.getMessage().startswith(start) for r in list(caplog.records))
+
+
+@contextlib.contextmanager
+def frozen_mid_table(
+    m: Migration, vault_faults: FaultProxy, rows: int, batches: int, **x: object
+) -> Iterator[tuple[dict[Any, Plain], Run, sa.Connection]]:
+    """``rows`` users seeded in the old scheme, then ``alembic upgrade 0001_users`` (``-x``
+    options ``x``) on a thread, frozen at the proxy once ``batches`` batches are committed
+    (``vault_faults.release()`` lets it go on). Yields the seeded values, the run, and a
+    connection watching the database."""
+    data = seed(m.engine, m.vault, "users", sample_rows("users", rows), m.hmac_secret)
+    vault_faults.hold(f"{m.vault.mount}/")
+    run = Run(m, "0001_users", **x)
+    with watching(m.engine) as watch:
+        step_until(
+            vault_faults, lambda: committed_batches(watch, "0001_users") >= batches, run.alive
+        )
+        yield data, run, watch
 
 
 def holds_nothing(watch: sa.Connection, table: str) -> bool:
@@ -98,45 +123,19 @@ def holds_nothing(watch: sa.Connection, table: str) -> bool:
     return int(locks) == 0
 
 
-def write_wal(replica_db: ReplicaDb) -> None:
-    """About 4 MB of WAL, committed in the test's own database."""
-    with psycopg.connect(
-        replica_db.url.set(drivername="postgresql").render_as_string(hide_password=False),
-        autocommit=True,
-    ) as conn:
-        conn.execute(
-            "CREATE TABLE filler AS "
-            "SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 16000) g"
-        )
-
-
 def test_replay_paused_mid_run_holds_within_one_batch_and_resume_finishes_it(
     migration: Migration,
     vault_faults: FaultProxy,
     replica_db: ReplicaDb,
-    caplog: pytest.LogCaptureFixture,
+    hold_log: pytest.LogCaptureFixture,
 ) -> None:
     m = migration
-    caplog.set_level(logging.INFO, logger="context_encryption")
-    data = seed(m.engine, m.vault, "users", sample_rows("users", 1000), m.hmac_secret)
-    vault_faults.hold(f"{m.vault.mount}/")
-    run = Run(
-        m,
-        "0001_users",
-        batch_size=50,
-        workers=1,
-        max_replica_lag_bytes="1MB",
-        max_replica_lag="0",
-        hold_on_autovacuum="false",  # the throwaway primary's autovacuum wakes every second
-    )
-    with watching(m.engine) as watch:
-        step_until(vault_faults, lambda: committed_batches(watch, "0001_users") >= 2, run.alive)
+    with frozen_mid_table(m, vault_faults, 1000, 2, **LAG_BYTES_X) as (data, run, watch):
         # the run is frozen at the proxy, mid-table: the standby stops replaying, WAL piles up
-        replica_db.pair.pause_replay()
-        write_wal(replica_db)
+        replica_db.lag()
         before = committed_batches(watch, "0001_users")
         vault_faults.release()
-        until("the run holds", lambda: holding(caplog, "users"))
+        until("the run holds", lambda: logged(hold_log, "users: holding: standby "), BOUND_S)
         at_hold = committed_batches(watch, "0001_users")
         # the batch in flight and the one read ahead (workers=1) finish; no other starts
         assert before <= at_hold <= before + 2, (before, at_hold)
@@ -158,15 +157,11 @@ def test_replay_paused_mid_run_holds_within_one_batch_and_resume_finishes_it(
 def test_a_pause_row_holds_a_live_run_and_its_delete_resumes_it(
     migration: Migration,
     vault_faults: FaultProxy,
-    caplog: pytest.LogCaptureFixture,
+    hold_log: pytest.LogCaptureFixture,
 ) -> None:
     m = migration
-    caplog.set_level(logging.INFO, logger="context_encryption")
-    data = seed(m.engine, m.vault, "users", sample_rows("users", 400), m.hmac_secret)
-    vault_faults.hold(f"{m.vault.mount}/")
-    run = Run(m, "0001_users", batch_size=50, workers=2, hold_on_autovacuum="false")
-    with watching(m.engine) as watch:
-        step_until(vault_faults, lambda: committed_batches(watch, "0001_users") >= 1, run.alive)
+    x = {"batch_size": 50, "workers": 2, "hold_on_autovacuum": "false"}
+    with frozen_mid_table(m, vault_faults, 400, 1, **x) as (data, run, watch):
         watch.execute(
             sa.text(
                 "INSERT INTO context_encryption_pause (scope, reason) VALUES ('*', 'test pause')"
@@ -175,10 +170,8 @@ def test_a_pause_row_holds_a_live_run_and_its_delete_resumes_it(
         vault_faults.release()
         until(
             "the run holds",
-            lambda: any(
-                r.getMessage().startswith("users: holding: paused from outside")
-                for r in list(caplog.records)
-            ),
+            lambda: logged(hold_log, "users: holding: paused from outside"),
+            BOUND_S,
         )
         assert run.alive()
         watch.execute(sa.text("DELETE FROM context_encryption_pause WHERE scope = '*'"))
@@ -220,21 +213,9 @@ def test_a_hold_over_the_timeout_stops_the_run_and_the_same_command_resumes_it(
     replica_db: ReplicaDb,
 ) -> None:
     m = migration
-    data = seed(m.engine, m.vault, "users", sample_rows("users", 600), m.hmac_secret)
-    vault_faults.hold(f"{m.vault.mount}/")
-    x: dict[str, object] = {
-        "batch_size": 50,
-        "workers": 1,
-        "max_replica_lag_bytes": "1MB",
-        "max_replica_lag": "0",
-        "hold_on_autovacuum": "false",
-        "hold_timeout": "500ms",
-    }
-    run = Run(m, "0001_users", **x)
-    with watching(m.engine) as watch:
-        step_until(vault_faults, lambda: committed_batches(watch, "0001_users") >= 2, run.alive)
-        replica_db.pair.pause_replay()
-        write_wal(replica_db)
+    x = {**LAG_BYTES_X, "hold_timeout": "500ms"}
+    with frozen_mid_table(m, vault_faults, 600, 2, **x) as (data, run, watch):
+        replica_db.lag()
         vault_faults.release()
         # the runner turns the HoldTimeout into alembic's CommandError, message unchanged
         with pytest.raises(CommandError, match=r"^users: held for .* longer than -x hold-timeout"):

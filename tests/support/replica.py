@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 import pytest
@@ -224,35 +224,46 @@ class StreamingPair:
             row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
         assert row is not None
         target = row[0]
-        deadline = time.monotonic() + timeout
         with self.replica() as rconn:
-            while True:
-                got = rconn.execute(
-                    "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), %s::pg_lsn) >= 0",
-                    (target,),
-                ).fetchone()
-                if got and got[0]:
-                    return
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the standby did not replay up to {target} in {timeout}s")
-                time.sleep(0.05)
+            _poll(
+                rconn,
+                "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), %s::pg_lsn) >= 0",
+                (target,),
+                timeout,
+                f"the standby did not replay up to {target} in {timeout}s",
+            )
 
     def wait_streaming(self, timeout: float = WAIT_S) -> None:
         """Until the primary lists the standby as streaming with a reply (bounded)."""
-        deadline = time.monotonic() + timeout
         with self.primary() as conn:
-            while True:
-                row = conn.execute(
-                    "SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s "
-                    "ON s.active_pid = r.pid WHERE s.slot_name = %s AND r.state = 'streaming' "
-                    "AND r.replay_lsn IS NOT NULL",
-                    (self.slot,),
-                ).fetchone()
-                if row and row[0]:
-                    return
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the standby did not start streaming in {timeout}s")
-                time.sleep(0.05)
+            _poll(
+                conn,
+                "SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s "
+                "ON s.active_pid = r.pid WHERE s.slot_name = %s AND r.state = 'streaming' "
+                "AND r.replay_lsn IS NOT NULL",
+                (self.slot,),
+                timeout,
+                f"the standby did not start streaming in {timeout}s",
+            )
+
+
+def _poll(
+    conn: psycopg.Connection[Any],
+    query: LiteralString,
+    params: tuple[object, ...],
+    timeout: float,
+    failure: str,
+) -> None:
+    """Until ``query``'s one value is true (or not zero) on ``conn``; TimeoutError(``failure``)
+    after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = conn.execute(query, params).fetchone()
+        if row and row[0]:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(failure)
+        time.sleep(0.05)
 
 
 def _choose_primary(
@@ -332,6 +343,19 @@ class ReplicaDb:
     pair: StreamingPair
     url: sa.URL
     replica_url: sa.URL
+
+    def write_wal(self, mb: int = 4) -> None:
+        """Commit about ``mb`` MB of WAL on the primary, in this database (a new filler table)."""
+        with psycopg.connect(_libpq(self.url), autocommit=True) as conn:
+            conn.execute(
+                f"CREATE TABLE filler_{uuid.uuid4().hex[:8]} AS "
+                f"SELECT g, repeat('x', 200) AS pad FROM generate_series(1, {mb * 4000}) g"
+            )
+
+    def lag(self) -> None:
+        """Make the standby fall behind: replay paused on it, WAL written on the primary."""
+        self.pair.pause_replay()
+        self.write_wal()
 
 
 @pytest.fixture
