@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic.util import CommandError
 
 from tests.support.fault_proxy import FaultProxy
-from tests.support.migration_fixtures import Migration
+from tests.support.migration_fixtures import Migration, seed_table
 from tests.support.polling import until
 from tests.support.reliability_helpers import (
     committed_batches,
@@ -28,7 +28,7 @@ from tests.support.reliability_helpers import (
     watching,
 )
 from tests.support.replica import ReplicaDb
-from tests.support.seeding import Plain, assert_scheme, sample_rows, seed
+from tests.support.seeding import Plain, assert_scheme
 
 BOUND_S = 120.0
 #: Hold only while the standby is more than 1 MB behind (autovacuum: the throwaway primary's
@@ -98,7 +98,7 @@ def frozen_mid_table(
     options ``x``) on a thread, frozen at the proxy once ``batches`` batches are committed
     (``vault_faults.release()`` lets it go on). Yields the seeded values, the run, and a
     connection watching the database."""
-    data = seed(m.engine, m.vault, "users", sample_rows("users", rows), m.hmac_secret)
+    data = seed_table(m, "users", rows)
     vault_faults.hold(f"{m.vault.mount}/")
     run = Run(m, "0001_users", **x)
     with watching(m.engine) as watch:
@@ -189,7 +189,7 @@ def test_unknown_throttle_value_stops_before_any_work(migration: Migration) -> N
 
 def test_target_mode_moves_the_batch_size_within_bounds(migration: Migration) -> None:
     m = migration
-    data = seed(m.engine, m.vault, "users", sample_rows("users", 1500), m.hmac_secret)
+    data = seed_table(m, "users", 1500)
     report = m.upgrade(
         "0001_users",
         batch_size=20,
