@@ -146,9 +146,13 @@ def test_replay_paused_mid_run_holds_within_one_batch_and_resume_finishes_it(
 
     summary = table_summary(report, "users")
     assert summary["rows_scanned"] == summary["rows_written"] == len(data)
-    (hold,) = summary["throttle"]["holds"]
+    hold, *later = summary["throttle"]["holds"]
     assert (hold["outcome"], hold["reasons"]) == ("resumed", ["replica-lag-bytes"])
     assert hold["worst"][0]["limit"] == 1024**2
+    # After the resume the run's own WAL can put the standby over 1 MB again until it next
+    # reports its replay position (wal_receiver_status_interval, 1 s): a short hold of the same
+    # check, which resumes too (seen in about 1 run in 10, so not counted on either way).
+    assert all((h["outcome"], h["reasons"]) == ("resumed", ["replica-lag-bytes"]) for h in later)
     assert summary["throttle"]["checks_off"] == []
     assert m.current() == "0001_users"
     assert_scheme(m.engine, m.vault, "users", data, "new", m.hmac_secret)
