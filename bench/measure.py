@@ -212,29 +212,18 @@ def engine_run(
             f"engine run incomplete: {table['rows_scanned']} rows scanned, {migrated} values "
             f"migrated, {failed} failed (expected {rows} rows, {rows * len(COLUMNS)} values)"
         )
-    return Point(
-        kind="engine_direct" if direct else "engine",
+    return _cli_point(
+        "engine_direct" if direct else "engine",
+        ran,
+        table,
         latency_ms=latency_ms,
         rows=rows,
-        seconds=float(table["seconds"]),
         batch_size=batch_size,
         workers=workers,
         vault_batch_items=vault_batch_items,
-        wall_seconds=ran.wall,
-        # direct: the engine's own count (it leaves out preflight's few requests)
-        vault_requests=int(table["vault_requests"] if direct else ran.stats["total_requests"]),
-        vault_items=None if direct else _items(ran.stats),
+        proxied=not direct,
         # With a wrapper (profiler) this would be the wrapper's peak, not alembic's.
-        peak_rss_mb=ran.peak_rss_mb if not wrap else None,
-        client_cpu_s=ran.cpu_s,
-        vault_cpu_s=ran.vault_cpu_s,
-        proxy_cpu_s=None if direct else ran.proxy_cpu_s,
-        extra={
-            "engine_vault_requests": table["vault_requests"],
-            "batches": table["batches"],
-            "changed_concurrently": table["changed_concurrently"],
-            "loadavg_1min_before_after": ran.load,
-        },
+        rss=not wrap,
     )
 
 
@@ -339,8 +328,40 @@ def rewrap_run(
             f"{rep['values_left_unchanged']} values left (expected {rows} rows, "
             f"{rows * len(COLUMNS)} values)"
         )
+    return _cli_point(
+        "rewrap",
+        ran,
+        table,
+        latency_ms=latency_ms,
+        rows=rows,
+        batch_size=batch_size,
+        workers=workers,
+        vault_batch_items=vault_batch_items,
+        extra={"target_key_version": rep["target_key_version"]},
+    )
+
+
+def _cli_point(
+    kind: str,
+    ran: _Ran,
+    table: dict[str, Any],
+    *,
+    latency_ms: float,
+    rows: int,
+    batch_size: int,
+    workers: int,
+    vault_batch_items: int,
+    proxied: bool = True,
+    rss: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> Point:
+    """The Point of a measured CLI run (the migration or the rewrap) from its report's table.
+
+    Through the proxy, requests and items are the proxy's counts (preflight and key reads
+    included); straight to OpenBao, the engine's own count.
+    """
     return Point(
-        kind="rewrap",
+        kind=kind,
         latency_ms=latency_ms,
         rows=rows,
         seconds=float(table["seconds"]),
@@ -348,14 +369,14 @@ def rewrap_run(
         workers=workers,
         vault_batch_items=vault_batch_items,
         wall_seconds=ran.wall,
-        vault_requests=int(ran.stats["total_requests"]),
-        vault_items=_items(ran.stats),
-        peak_rss_mb=ran.peak_rss_mb,
+        vault_requests=int(ran.stats["total_requests"] if proxied else table["vault_requests"]),
+        vault_items=_items(ran.stats) if proxied else None,
+        peak_rss_mb=ran.peak_rss_mb if rss else None,
         client_cpu_s=ran.cpu_s,
         vault_cpu_s=ran.vault_cpu_s,
-        proxy_cpu_s=ran.proxy_cpu_s,
+        proxy_cpu_s=ran.proxy_cpu_s if proxied else None,
         extra={
-            "target_key_version": rep["target_key_version"],
+            **(extra or {}),
             "engine_vault_requests": table["vault_requests"],
             "batches": table["batches"],
             "changed_concurrently": table["changed_concurrently"],
